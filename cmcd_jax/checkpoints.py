@@ -1,0 +1,65 @@
+"""Encoder exports shared between stages (orbax), and their restore onto a mesh.
+
+An export is a directory holding `variables/` (an orbax checkpoint of the encoder-with-head
+variables: params and BatchNorm statistics) and `meta.json` (model name and kwargs, modality,
+step, config hash). `meta.json` is written last, so its presence marks a complete export.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+META_FILE = "meta.json"
+
+
+def export_complete(directory: str | pathlib.Path) -> bool:
+    return (pathlib.Path(directory) / META_FILE).is_file()
+
+
+def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> pathlib.Path:
+    """Writes `variables` and `meta` to `directory` (which must not hold an export yet)."""
+    directory = pathlib.Path(directory).absolute()
+    if export_complete(directory):
+        raise FileExistsError(f"{directory} already holds an export; refusing to overwrite it")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(directory / "variables", jax.device_get(variables), force=True)
+        ckptr.wait_until_finished()
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return directory
+
+
+def read_meta(directory: str | pathlib.Path) -> dict:
+    path = pathlib.Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no encoder export at {directory} (missing {META_FILE})")
+    return json.loads(path.read_text())
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def check_shapes(stored, expected, directory) -> None:
+    """Raises a ValueError naming the first parameter whose path or shape differs."""
+    stored_leaves = {_path_str(p): tuple(x.shape)
+                     for p, x in jax.tree_util.tree_leaves_with_path(stored)}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(expected):
+        name = _path_str(path)
+        if name not in stored_leaves:
+            raise ValueError(f"export {directory} has no parameter {name!r} that the model "
+                             f"expects (architecture mismatch)")
+        if stored_leaves[name] != tuple(leaf.shape):
+            raise ValueError(f"export {directory}: parameter {name!r} has shape "
+                             f"{stored_leaves[name]}, the model expects {tuple(leaf.shape)}")
+
+
+def restore_encoder(directory: str | pathlib.Path, abstract_variables):
+    """Restores an export into the structure (and shardings) of `abstract_variables`."""
+    path = pathlib.Path(directory).absolute() / "variables"
+    with ocp.StandardCheckpointer() as ckptr:
+        check_shapes(ckptr.metadata(path).item_metadata, abstract_variables, directory)
+        return ckptr.restore(path, abstract_variables)

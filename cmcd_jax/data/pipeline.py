@@ -1,0 +1,142 @@
+"""grain input pipelines: per-record (paired) transforms, shuffling, batching.
+
+A data source is anything indexable that returns records (dicts of numpy arrays), such as
+`tfds.data_source(...)[split]`. Spatial modalities of one record share the same random crop
+and flip so that paired inputs stay aligned; colour jitter touches the RGB image only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grain
+import numpy as np
+
+SPATIAL = ("image", "sketch", "depth", "mask")
+
+
+def to_input(modality: str, value: np.ndarray) -> np.ndarray:
+    """Raw record field -> float32 network input: (H,W,C) for images and maps, (T,) for audio."""
+    value = np.asarray(value)
+    if modality == "image":
+        return (value.astype(np.float32) / 255.0 - 0.5) / 0.25
+    if modality == "sketch":
+        return value.astype(np.float32)[..., None] / 255.0
+    if modality == "depth":
+        d = value.astype(np.float32)
+        return ((d - d.mean()) / (d.std() + 1e-6))[..., None]
+    if modality == "audio":
+        return value.astype(np.float32)
+    raise ValueError(f"unknown modality {modality!r}; valid: audio, depth, image, sketch")
+
+
+def crop_indices(rng: np.random.Generator, size: int, min_scale: float) -> tuple:
+    """Row and column indices of a random square crop (area >= min_scale) resized to `size`."""
+    side = max(2, int(round(size * np.sqrt(rng.uniform(min_scale, 1.0)))))
+    top, left = rng.integers(0, size - side + 1, size=2)
+    grid = np.floor(np.arange(size) * side / size).astype(np.int64)
+    cols = left + grid
+    if rng.random() < 0.5:
+        cols = cols[::-1]
+    return top + grid, cols
+
+
+def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) -> np.ndarray:
+    """Brightness, contrast, saturation jitter and random grayscale on a normalised RGB image."""
+    grey = image.mean(axis=-1, keepdims=True)
+    if rng.random() < 0.2:
+        return np.broadcast_to(grey, image.shape).copy()
+    b, c, s = 1.0 + strength * rng.uniform(-1.0, 1.0, size=3)
+    image = grey + s * (image - grey)
+    image = image.mean() + c * (image - image.mean())
+    return image + (b - 1.0) * 2.0
+
+
+def augment_audio(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
+    """Random gain and a random circular time shift of up to 10% of the clip."""
+    shift = int(rng.integers(-len(wave) // 10, len(wave) // 10 + 1))
+    return np.roll(wave, shift) * rng.uniform(0.7, 1.3)
+
+
+def augment(rng: np.random.Generator, inputs: dict, min_scale: float,
+            jitter: float) -> dict:
+    """Augments one record's prepared inputs; spatial ones share one crop and flip."""
+    out = dict(inputs)
+    spatial = [k for k in inputs if k in SPATIAL]
+    if spatial:
+        rows, cols = crop_indices(rng, inputs[spatial[0]].shape[0], min_scale)
+        for k in spatial:
+            out[k] = inputs[k][rows][:, cols]
+    if "image" in out and jitter > 0:
+        out["image"] = colour_jitter(rng, out["image"], jitter)
+    if "audio" in out:
+        out["audio"] = augment_audio(rng, out["audio"])
+    return {k: v.astype(np.float32) if k != "mask" else v for k, v in out.items()}
+
+
+def _prepare(record: dict, modalities: Sequence[str]) -> dict:
+    return {m: to_input(m, record[m]) for m in modalities}
+
+
+def _batched(ds: grain.MapDataset, batch_size: int, seed: int,
+             shard: tuple[int, int]) -> Iterator[dict]:
+    """This shard's records, shuffled, endlessly repeated (reshuffled each epoch), batched.
+
+    `shard` = (index, count): every process of a multi-host run reads its own records.
+    """
+    index, count = shard
+    ds = ds.slice(slice(index, None, count))
+    if len(ds) < batch_size:
+        raise ValueError(f"batch size {batch_size} exceeds the {len(ds)} records available")
+    return iter(ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
+                .to_iter_dataset())
+
+
+def two_view_batches(source, modality: str, batch_size: int, seed: int, *,
+                     min_scale: float = 0.3, jitter: float = 0.4,
+                     shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """SimCLR batches {'view1', 'view2'} of one modality, two independent augmentations."""
+    def two_views(record, rng):
+        x = _prepare(record, [modality])
+        return {"view1": augment(rng, x, min_scale, jitter)[modality],
+                "view2": augment(rng, x, min_scale, jitter)[modality]}
+    ds = grain.MapDataset.source(source).random_map(two_views, seed=seed)
+    return _batched(ds, batch_size, seed, shard)
+
+
+def paired_batches(source, modalities: Sequence[str], batch_size: int, seed: int, *,
+                   indices: Sequence[int] | None = None, min_scale: float = 0.3,
+                   jitter: float = 0.4, extra: Sequence[str] = (),
+                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """Batches of aligned, jointly augmented modalities (plus raw `extra` fields, e.g. label)."""
+    def transform(record, rng):
+        out = augment(rng, _prepare(record, modalities), min_scale, jitter)
+        out.update({k: np.asarray(record[k]) for k in extra})
+        return out
+    ds = grain.MapDataset.source(source)
+    if indices is not None:
+        ds = _subset(ds, indices)
+    return _batched(ds.random_map(transform, seed=seed), batch_size, seed, shard)
+
+
+def _subset(ds: grain.MapDataset, indices: Sequence[int]) -> grain.MapDataset:
+    indices = np.asarray(indices)
+    return grain.MapDataset.range(len(indices)).map(lambda i: ds[int(indices[i])])
+
+
+def load_arrays(source, modalities: Sequence[str], extra: Sequence[str] = (),
+                indices: Sequence[int] | None = None) -> dict:
+    """All (or the given) records, prepared without augmentation, stacked into arrays."""
+    indices = range(len(source)) if indices is None else indices
+    records = [source[int(i)] for i in indices]
+    out = {m: np.stack([to_input(m, r[m]) for r in records]) for m in modalities}
+    out.update({k: np.stack([np.asarray(r[k]) for r in records]) for k in extra})
+    return out
+
+
+def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` random indices of every class (all of a class when it has fewer)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class]
+             for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))

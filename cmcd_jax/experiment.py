@@ -1,0 +1,90 @@
+"""The whole CMCD pipeline for one config: pretrain, distil every method, evaluate, report.
+
+`run(config, workdir)` is what `python -m cmcd_jax.main` calls; notebooks can call it too.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import jax
+
+from cmcd_jax import parallel
+from cmcd_jax.data import shapes
+from cmcd_jax.stages import distill, downstream, pretrain
+
+BASELINES = ("target_only", "random_init")
+METHODS = (*distill.METHODS, *BASELINES)
+METRICS = ("probe_top1", "retrieval_top1")
+
+
+def check_config(config) -> None:
+    """Fails early, naming the key, on values no stage could run with."""
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"config.methods: unknown method(s) {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(METHODS)}")
+    if config.dataset != "cmcd_shapes":
+        raise ValueError(f"config.dataset={config.dataset!r}; valid: 'cmcd_shapes'")
+    for key in ("source", "target"):
+        if config.data[key] not in shapes.MODALITIES:
+            raise ValueError(f"config.data.{key}={config.data[key]!r}; valid: "
+                             f"{', '.join(shapes.MODALITIES)}")
+
+
+def claim_workdir(config, workdir: pathlib.Path) -> None:
+    """Writes config.json, refusing a workdir that holds a run of a different config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    resolved = config.to_json(sort_keys=True, indent=2)
+    if path.exists() and json.loads(path.read_text()) != json.loads(resolved):
+        raise ValueError(f"workdir {workdir} holds a run of a different config ({path}); "
+                         f"use another --workdir")
+    if jax.process_index() == 0:
+        path.write_text(resolved)
+
+
+def results_table(results: dict) -> str:
+    """results.json as a Markdown table (percentages)."""
+    lines = [f"# {results['dataset']}: {results['source']} -> {results['target']}", "",
+             "| method | " + " | ".join(METRICS) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for method, row in results["methods"].items():
+        cells = ["-" if row.get(k) is None else f"{100 * row[k]:.1f}" for k in METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    ref = results["reference"]["source_probe_top1"]
+    lines += ["", f"Reference: the teacher's probe on the source modality: {100 * ref:.1f}"]
+    return "\n".join(lines) + "\n"
+
+
+def run(config, workdir: str | pathlib.Path) -> dict:
+    """Runs every stage the config asks for (skipping completed ones) and writes results."""
+    workdir = pathlib.Path(workdir)
+    check_config(config)
+    claim_workdir(config, workdir)
+    mesh = parallel.make_mesh(config.parallel.num_devices)
+    sources = shapes.load_shapes(config.data.config_name, config.data.data_dir)
+    teacher_dir = pretrain.run(config, workdir, sources, mesh)
+    data = downstream.load_eval_data(config, sources)
+    methods = {}
+    for method in config.methods:
+        if method == "target_only":
+            methods[method] = downstream.run_target_only(config, workdir, sources, data, mesh)
+        elif method == "random_init":
+            methods[method] = downstream.evaluate_random_init(config, data)
+        else:
+            student_dir = distill.run(config, method, workdir, sources, mesh, teacher_dir)
+            methods[method] = downstream.evaluate_student(config, student_dir, teacher_dir,
+                                                          data, mesh)
+        print(f"[downstream/{method}] {methods[method]}", file=sys.stderr, flush=True)
+    results = {"dataset": config.dataset, "source": config.data.source,
+               "target": config.data.target, "seed": config.seed, "methods": methods,
+               "reference": {"source_probe_top1": downstream.evaluate_teacher(
+                   config, teacher_dir, sources, data, mesh)}}
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        (workdir / "results.md").write_text(results_table(results))
+        print(results_table(results))
+    return results

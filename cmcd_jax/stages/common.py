@@ -1,0 +1,173 @@
+"""Pieces every stage shares: train state, optimizer, model construction, the train loop."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import pathlib
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from cmcd_jax import checkpoints, parallel
+from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a stage's step updates: step counter, params, BatchNorm stats, optimizer."""
+
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: optax.OptState
+
+    @classmethod
+    def create(cls, variables: dict, tx: optax.GradientTransformation) -> "TrainState":
+        return cls(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                   batch_stats=variables.get("batch_stats", {}),
+                   opt_state=tx.init(variables["params"]))
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def make_optimizer(opt_cfg, steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay over `steps`."""
+    warmup = min(opt_cfg.warmup_steps, max(steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, opt_cfg.learning_rate, warmup,
+                                                  max(steps, warmup + 1))
+    return optax.adamw(schedule, weight_decay=opt_cfg.weight_decay)
+
+
+def encoder_spec(config, modality: str) -> dict:
+    """Name and kwargs of the encoder the config picks for `modality`."""
+    if modality == "audio":
+        return {"name": "audio", "kwargs": {
+            "backbone": config.model.encoder,
+            "backbone_kwargs": config.model.encoder_kwargs.to_dict()}}
+    return {"name": config.model.encoder, "kwargs": config.model.encoder_kwargs.to_dict()}
+
+
+def build_model(spec: dict, head: dict) -> EncoderWithHead:
+    """An encoder-with-head from its spec and a head spec {'kind': ..., **kwargs}."""
+    kwargs = dict(head)
+    kind = kwargs.pop("kind")
+    heads = {"projection": ProjectionHead, "linear": LinearClassifier}
+    return EncoderWithHead(make_encoder(spec["name"], **spec["kwargs"]), heads[kind](**kwargs))
+
+
+def init_variables(model, rng: jax.Array, example: jax.Array) -> dict:
+    return model.init(rng, example, train=False)
+
+
+def config_hash(config) -> str:
+    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def export_meta(spec: dict, head: dict, modality: str, input_shape, feature_dim: int,
+                step: int, config) -> dict:
+    """What a later stage needs to rebuild an exported model and check where it came from."""
+    return {"encoder": spec, "head": head, "modality": modality,
+            "input_shape": list(input_shape), "feature_dim": int(feature_dim),
+            "step": int(step), "config_hash": config_hash(config)}
+
+
+def restore_model(directory, mesh) -> tuple[EncoderWithHead, dict, dict]:
+    """(model, variables replicated on `mesh`, meta) from an encoder export."""
+    meta = checkpoints.read_meta(directory)
+    model = build_model(meta["encoder"], meta["head"])
+    example = jnp.zeros((1, *meta["input_shape"]), jnp.float32)
+    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), example))
+    sharding = parallel.replicated(mesh)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                            abstract)
+    return model, checkpoints.restore_encoder(directory, abstract), meta
+
+
+class Progress:
+    """Prints step, loss, examples/s and ETA; appends scalars to a metrics.jsonl file."""
+
+    def __init__(self, name: str, total_steps: int, batch_size: int,
+                 workdir: pathlib.Path, every: int):
+        self.name, self.total, self.batch, self.every = name, total_steps, batch_size, every
+        self.metrics_file = workdir / "metrics.jsonl"
+        self.start = self.last = time.perf_counter()
+        self.last_step = 0
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        if step % self.every and step != self.total:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if not all(map(math.isfinite, metrics.values())):
+            raise FloatingPointError(f"[{self.name}] non-finite metrics at step {step}: "
+                                     f"{metrics}")
+        now = time.perf_counter()
+        rate = (step - self.last_step) * self.batch / max(now - self.last, 1e-9)
+        eta = (self.total - step) * self.batch / max(rate, 1e-9)
+        self.last, self.last_step = now, step
+        shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"[{self.name}] step {step}/{self.total} {shown} {rate:.0f} ex/s "
+              f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics, "examples_per_sec": rate}) + "\n")
+
+
+def data_shard() -> tuple[int, int]:
+    """(this process's index, number of processes): each process reads its own records."""
+    return jax.process_index(), jax.process_count()
+
+
+def per_process_batch(batch_size: int, mesh, key: str) -> int:
+    parallel.check_batch_size(batch_size, mesh, key)
+    return batch_size // jax.process_count()
+
+
+def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: dict, head: dict,
+                   modality: str, batches: Iterator[dict], example_key: str, stage_cfg,
+                   make_step: Callable, extra_args: tuple = ()) -> pathlib.Path:
+    """Trains a fresh encoder-with-head for `stage_cfg.steps` and exports it.
+
+    A stage whose export is complete is not redone: its directory is returned as is.
+    """
+    export_dir = stage_dir / "export"
+    if checkpoints.export_complete(export_dir):
+        print(f"[{name}] already done: {export_dir}", file=sys.stderr)
+        return export_dir
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    model = build_model(spec, head)
+    first = next(batches)
+    example = jnp.asarray(first[example_key][:1])
+    rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()))
+    variables = init_variables(model, rng, example)
+    tx = make_optimizer(stage_cfg, stage_cfg.steps)
+    state = parallel.replicate(TrainState.create(variables, tx), mesh)
+    step_fn = jax.jit(make_step(model, tx), donate_argnums=0,
+                      out_shardings=parallel.replicated(mesh))
+    progress = Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
+                        config.log_every)
+    state = train(state, step_fn, itertools.chain([first], batches), stage_cfg.steps, mesh,
+                  progress, *extra_args)
+    features, _ = jax.eval_shape(lambda v: model.apply(v, example, train=False), variables)
+    meta = export_meta(spec, head, modality, example.shape[1:], features.shape[-1],
+                       stage_cfg.steps, config)
+    return checkpoints.export_encoder(export_dir, state.variables, meta)
+
+
+def train(state: TrainState, step_fn: Callable, batches: Iterator[dict], num_steps: int,
+          mesh, progress: Progress, *extra_args) -> TrainState:
+    """Runs `num_steps` of `step_fn(state, *extra_args, batch) -> (state, metrics)`."""
+    for i in range(int(state.step), num_steps):
+        batch = parallel.to_global(next(batches), mesh)
+        state, metrics = step_fn(state, *extra_args, batch)
+        progress(i + 1, metrics)
+    return state

@@ -1,0 +1,82 @@
+"""Step 2: cross-modality distillation from the frozen source teacher into a target student."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import optax
+
+from cmcd_jax import losses, parallel
+from cmcd_jax.data import pipeline
+from cmcd_jax.stages import common
+
+METHODS = ("cmc", "cmd", "l2")
+
+
+def method_loss(method: str, config, mesh):
+    """(per-device-sharded loss(student_out, teacher_target), whether the target is the
+    teacher's projection (True) or its backbone features (False))."""
+    cfg = config.distill
+    if method == "cmc":
+        return parallel.sharded_loss(losses.cmc_loss, mesh, temperature=cfg.cmc.temperature,
+                                     symmetric=cfg.cmc.symmetric), True
+    if method == "cmd":
+        return parallel.sharded_loss(
+            losses.cmd_loss, mesh, student_temperature=cfg.cmd.student_temperature,
+            teacher_temperature=cfg.cmd.teacher_temperature, variant=cfg.cmd.variant), True
+    if method == "l2":
+        return parallel.sharded_loss(losses.l2_align, mesh), False
+    raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(METHODS)}")
+
+
+def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
+                      use_projection: bool):
+    """A pure step: frozen teacher forward on the source, student update on the target."""
+
+    def distill_step(state: common.TrainState, teacher_variables: dict, batch: dict):
+        features, projection = teacher.apply(teacher_variables, batch["source"], train=False)
+        target = jax.lax.stop_gradient(projection if use_projection else features)
+
+        def loss_of(params):
+            (_, out), updates = student.apply(
+                {"params": params, "batch_stats": state.batch_stats}, batch["target"],
+                train=True, mutable=["batch_stats"])
+            return loss_fn(out, target), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             batch_stats=batch_stats, opt_state=opt_state), {"loss": loss}
+
+    return distill_step
+
+
+def student_head(use_projection: bool, config, teacher_meta: dict) -> dict:
+    """A projection head into the teacher's embedding space, or a linear map onto its
+    backbone features (the L2 baseline's regressor)."""
+    if use_projection:
+        return {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
+                "out_dim": teacher_meta["head"]["out_dim"]}
+    return {"kind": "linear", "num_classes": teacher_meta["feature_dim"]}
+
+
+def run(config, method: str, workdir: pathlib.Path, sources: dict, mesh,
+        teacher_dir: pathlib.Path) -> pathlib.Path:
+    """Distils into the target encoder with `method` unless its export exists."""
+    cfg = config.distill
+    loss_fn, use_projection = method_loss(method, config, mesh)
+    teacher, teacher_variables, teacher_meta = common.restore_model(teacher_dir, mesh)
+    modality = config.data.target
+    batches = pipeline.paired_batches(
+        sources["train"], (config.data.source, modality),
+        common.per_process_batch(cfg.batch_size, mesh, "distill.batch_size"), config.seed + 1,
+        min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
+    batches = ({"source": b[config.data.source], "target": b[modality]} for b in batches)
+    return common.fit_and_export(
+        f"distill/{method}", workdir / "distill" / method, config, mesh,
+        spec=common.encoder_spec(config, modality),
+        head=student_head(use_projection, config, teacher_meta), modality=modality,
+        batches=batches, example_key="target", stage_cfg=cfg, extra_args=(teacher_variables,),
+        make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
+                                                      use_projection))

@@ -1,0 +1,51 @@
+"""Step 1: self-supervised SimCLR pretraining of the source encoder (the future teacher)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cmcd_jax import losses, parallel
+from cmcd_jax.data import pipeline
+from cmcd_jax.stages import common
+
+
+def make_pretrain_step(model, tx: optax.GradientTransformation, loss_fn):
+    """A pure SimCLR step: both views through the model, `loss_fn(z1, z2)`, one update."""
+
+    def pretrain_step(state: common.TrainState, batch: dict):
+        views = jnp.concatenate([batch["view1"], batch["view2"]])
+
+        def loss_of(params):
+            (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
+                                          views, train=True, mutable=["batch_stats"])
+            z1, z2 = jnp.split(z, 2)
+            return loss_fn(z1, z2), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                             batch_stats=batch_stats, opt_state=opt_state), {"loss": loss}
+
+    return pretrain_step
+
+
+def run(config, workdir: pathlib.Path, sources: dict, mesh) -> pathlib.Path:
+    """Trains the source encoder unless its export exists; returns the export directory."""
+    stage_dir = workdir / "pretrain"
+    cfg, modality = config.pretrain, config.data.source
+    spec = common.encoder_spec(config, modality)
+    head = {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
+            "out_dim": config.model.proj_dim}
+    batches = pipeline.two_view_batches(
+        sources["train"], modality,
+        common.per_process_batch(cfg.batch_size, mesh, "pretrain.batch_size"), config.seed,
+        min_scale=cfg.min_crop_scale, jitter=cfg.colour_jitter, shard=common.data_shard())
+    loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature)
+    return common.fit_and_export(
+        "pretrain", stage_dir, config, mesh, spec=spec, head=head, modality=modality,
+        batches=batches, example_key="view1", stage_cfg=cfg,
+        make_step=lambda model, tx: make_pretrain_step(model, tx, loss_fn))

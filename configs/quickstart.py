@@ -1,0 +1,37 @@
+"""Quickstart: the three CMCD steps on cmcd_shapes, image -> sketch, in minutes on a CPU.
+
+    python -m cmcd_jax.main --config=configs/quickstart.py --workdir=/tmp/cmcd_quickstart
+
+Pick another target with `--config.data.target=depth` (or `audio`), fewer steps with
+`--config.distill.steps=200`, the methods with `--config.methods=cmc,target_only`.
+"""
+
+import ml_collections
+
+
+def stage(steps: int, batch_size: int, learning_rate: float, **extra):
+    """Duration, batch and AdamW settings of one training stage."""
+    return ml_collections.ConfigDict(dict(
+        steps=steps, batch_size=batch_size, learning_rate=learning_rate, weight_decay=1e-4,
+        warmup_steps=max(steps // 20, 1), min_crop_scale=0.3, **extra))
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.log_every = 50
+    c.dataset = "cmcd_shapes"
+    c.data = dict(config_name="32", data_dir="", source="image", target="sketch")
+    c.methods = ("cmc", "cmd", "l2", "target_only", "random_init")
+    c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(32, 64, 128),
+                                                           convs_per_stage=1),
+                   proj_hidden_dim=256, proj_dim=64)
+    c.pretrain = stage(600, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
+    c.distill = stage(500, 128, 2e-3)
+    c.distill.cmc = dict(temperature=0.07, symmetric=True)
+    c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
+    c.target_only = stage(300, 64, 2e-3)
+    c.downstream = dict(labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
+                        probe_weight_decay=1e-2)
+    c.parallel = dict(num_devices=0)
+    return c

@@ -5,7 +5,7 @@ Overrides work the ml-collections way, e.g. `--config.distill.steps=200`.
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -19,6 +19,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointErro
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO.
     from cmcd_jax import experiment  # Heavy imports only once the flags are parsed.
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value)

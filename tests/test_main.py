@@ -1,0 +1,48 @@
+"""The command line end to end on the tiny dataset: results, rerun, refusals."""
+
+import json
+
+from conftest import run_main
+
+
+def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    first = run_main(workdir, data_dir, "--config.methods=cmc,l2,target_only")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "[pretrain] step 10/10" in first.stderr
+    results = json.loads((workdir / "results.json").read_text())
+    assert (results["dataset"], results["source"], results["target"]) == (
+        "cmcd_shapes", "image", "sketch")
+    assert list(results["methods"]) == ["cmc", "l2", "target_only"]
+    for method in ("cmc", "l2"):
+        for key in ("probe_top1", "retrieval_top1"):
+            assert 0.0 <= results["methods"][method][key] <= 1.0
+    assert 0.0 <= results["methods"]["target_only"]["probe_top1"] <= 1.0
+    assert "| cmc |" in (workdir / "results.md").read_text()
+    assert json.loads((workdir / "config.json").read_text())["distill"]["steps"] == 10
+    for stage in ("pretrain", "distill/cmc", "distill/l2", "downstream/target_only"):
+        assert (workdir / stage / "export" / "meta.json").is_file()
+
+    exported = (workdir / "pretrain/export/meta.json").stat().st_mtime_ns
+    second = run_main(workdir, data_dir, "--config.methods=cmc,l2,target_only")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[pretrain] already done" in second.stderr
+    assert "step 1/" not in second.stderr and "step 5/" not in second.stderr
+    assert (workdir / "pretrain/export/meta.json").stat().st_mtime_ns == exported
+    assert json.loads((workdir / "results.json").read_text()) == results
+
+
+def test_workdir_of_another_config_is_refused(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"seed": 123}')
+    proc = run_main(workdir, data_dir)
+    assert proc.returncode != 0
+    assert "holds a run of a different config" in proc.stderr
+    assert (workdir / "config.json").read_text() == '{"seed": 123}'
+
+
+def test_unknown_method_lists_valid_ones(tmp_path, data_dir):
+    proc = run_main(tmp_path / "run", data_dir, "--config.methods=cmc,simclr")
+    assert proc.returncode != 0
+    assert "unknown method(s) 'simclr'" in proc.stderr and "valid: cmc, cmd, l2" in proc.stderr

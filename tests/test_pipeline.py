@@ -1,0 +1,84 @@
+"""The TFDS build and the grain pipelines: fields, determinism, paired augmentation."""
+
+import numpy as np
+import pytest
+
+from cmcd_jax.data import pipeline, shapes
+
+
+def test_tiny_build_has_paired_fields(tiny_sources):
+    assert len(tiny_sources["train"]) == 320 and len(tiny_sources["test"]) == 160
+    record = tiny_sources["train"][0]
+    assert record["image"].shape == (32, 32, 3) and record["image"].dtype == np.uint8
+    assert record["depth"].shape == (32, 32) and record["depth"].dtype == np.float32
+    assert record["sketch"].shape == (32, 32) and record["mask"].shape == (32, 32)
+    assert record["audio"].shape == (4000,)
+    assert set(np.unique(record["mask"])) <= {0, int(record["label"]) + 1}
+
+
+def test_build_is_deterministic(tmp_path, tiny_sources):
+    again = shapes.load_shapes("tiny", str(tmp_path))
+    for i in (0, 17, 159):
+        a, b = tiny_sources["test"][i], again["test"][i]
+        for key in ("image", "depth", "audio", "label"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_paired_augmentation_keeps_modalities_aligned():
+    rng = np.random.default_rng(0)
+    image = rng.random((32, 32, 3)).astype(np.float32)
+    inputs = {"image": image, "sketch": image[..., :1].copy()}
+    for seed in range(20):
+        out = pipeline.augment(np.random.default_rng(seed), inputs, 0.3, 0.0)
+        np.testing.assert_array_equal(out["image"][..., :1], out["sketch"])
+        assert out["image"].shape == (32, 32, 3)
+
+
+def test_crop_indices_cover_a_square_window_and_flip():
+    rows, cols = pipeline.crop_indices(np.random.default_rng(3), 32, 0.3)
+    assert len(rows) == len(cols) == 32
+    assert np.all(np.diff(rows) >= 0) and rows.max() < 32
+    assert np.all(np.diff(cols) >= 0) or np.all(np.diff(cols) <= 0)
+    assert rows.max() - rows.min() == abs(int(cols.max()) - int(cols.min()))
+
+
+def test_to_input_shapes_and_unknown_modality():
+    assert pipeline.to_input("sketch", np.zeros((8, 8), np.uint8)).shape == (8, 8, 1)
+    depth = pipeline.to_input("depth", np.arange(64, dtype=np.float32).reshape(8, 8))
+    assert abs(depth.mean()) < 1e-5 and abs(depth.std() - 1) < 1e-3
+    with pytest.raises(ValueError, match="unknown modality 'lidar'; valid: audio"):
+        pipeline.to_input("lidar", np.zeros(3))
+
+
+def test_few_shot_indices_pick_per_class():
+    labels = np.repeat(np.arange(5), [30, 30, 30, 30, 3])
+    picked = pipeline.few_shot_indices(labels, 10, seed=0)
+    counts = np.bincount(labels[picked])
+    np.testing.assert_array_equal(counts, [10, 10, 10, 10, 3])
+    assert len(np.unique(picked)) == len(picked)
+
+
+def test_batches_shard_records_between_processes(tiny_sources):
+    def record_ids(shard):
+        """One epoch of this shard; a record is known by its image's sum (no crop, jitter)."""
+        it = pipeline.paired_batches(tiny_sources["test"], ("image",), 16, 0,
+                                     min_scale=1.0, jitter=0.0, shard=shard)
+        return {round(float(x.sum()), 2) for _ in range(5) for x in next(it)["image"]}
+
+    everything = {round(float(pipeline.to_input("image", r["image"]).sum()), 2)
+                  for r in tiny_sources["test"]}
+    assert len(everything) == 160
+    first, second = record_ids((0, 2)), record_ids((1, 2))
+    assert len(first) == len(second) == 80
+    assert not first & second and first | second == everything
+
+
+def test_two_view_batches_give_different_views(tiny_sources):
+    batch = next(pipeline.two_view_batches(tiny_sources["train"], "image", 8, 0))
+    assert batch["view1"].shape == batch["view2"].shape == (8, 32, 32, 3)
+    assert not np.allclose(batch["view1"], batch["view2"])
+
+
+def test_batch_larger_than_data_is_an_error(tiny_sources):
+    with pytest.raises(ValueError, match="batch size 1000 exceeds the 160 records"):
+        pipeline.paired_batches(tiny_sources["test"], ("sketch",), 1000, 0)

@@ -20,9 +20,14 @@ METHODS = (*distill.METHODS, *BASELINES)
 METRICS = ("probe_top1", "retrieval_top1")
 
 
+def method_list(config) -> list[str]:
+    """`config.methods` ('cmc,cmd,...') as a list."""
+    return [m.strip() for m in config.methods.split(",") if m.strip()]
+
+
 def check_config(config) -> None:
     """Fails early, naming the key, on values no stage could run with."""
-    unknown = [m for m in config.methods if m not in METHODS]
+    unknown = [m for m in method_list(config) if m not in METHODS]
     if unknown:
         raise ValueError(f"config.methods: unknown method(s) {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(METHODS)}")
@@ -69,7 +74,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     teacher_dir = pretrain.run(config, workdir, sources, mesh)
     data = downstream.load_eval_data(config, sources)
     methods = {}
-    for method in config.methods:
+    for method in method_list(config):
         if method == "target_only":
             methods[method] = downstream.run_target_only(config, workdir, sources, data, mesh)
         elif method == "random_init":

@@ -22,7 +22,7 @@ def get_config():
     c.log_every = 50
     c.dataset = "cmcd_shapes"
     c.data = dict(config_name="32", data_dir="", source="image", target="sketch")
-    c.methods = ("cmc", "cmd", "l2", "target_only", "random_init")
+    c.methods = "cmc,cmd,l2,target_only,random_init"  # comma-separated
     c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(32, 64, 128),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)

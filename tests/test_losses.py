@@ -156,7 +156,7 @@ def test_unknown_cmd_variant_raises():
 # multi-device (shard_map over 'data') in a subprocess with 8 host CPU devices
 # --------------------------------------------------------------------------------------
 _MULTIDEVICE_SCRIPT = r'''
-import functools, json, sys
+import functools, json
 import numpy as np
 import jax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
@@ -281,10 +281,10 @@ print("RESULT_JSON=" + json.dumps(out))
 def multidevice_results():
     env = dict(os.environ)
     # 8 host CPU devices; -O0 backend roughly halves XLA:CPU compile time (tiny arrays here).
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "")
-        + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    ).strip()
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags += ["--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"]
+    env["XLA_FLAGS"] = " ".join(flags)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(

@@ -1,0 +1,208 @@
+"""Contrastive / distillation losses for cross-modality contrastive distillation.
+
+All losses are pure ``jax.numpy`` and work in two modes:
+
+* ``axis_name=None``: the arrays hold the whole (global) batch on one device.
+* ``axis_name='data'`` (any mapped axis name) inside ``jax.shard_map``: each device
+  holds a local slice of the batch. Embeddings are all-gathered to form the global
+  columns, each device computes the loss of its *local* anchor rows against all
+  global columns, and the local mean is ``lax.pmean``-ed. The returned value is then
+  the global loss on every device, and ``jax.grad`` of it (taken inside the
+  ``shard_map`` with the default ``check_vma=True``) is exactly the slice of the
+  global gradient for the local inputs: the transpose of ``all_gather`` is a
+  ``psum_scatter``, which routes the other devices' column gradients back here.
+
+Notation: ``N`` is the global batch size, ``n`` the local one (``N`` when
+``axis_name is None``), ``D`` the embedding dimension. Embeddings are
+L2-normalised inside the losses; logits are computed in at least float32.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+AxisName = Optional[Hashable]
+
+CMD_VARIANTS = ("cross", "within")
+
+__all__ = ["nt_xent", "cmc_loss", "cmd_loss", "l2_align", "CMD_VARIANTS"]
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """L2-normalise the last axis; safe (finite value and gradient) at ``x == 0``."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+
+
+def _gather(x: jax.Array, axis_name: AxisName) -> Tuple[jax.Array, jax.Array]:
+    """Global batch of ``x`` and the global row index of this device's first row.
+
+    Args:
+      x: ``[n, ...]`` local slice.
+      axis_name: mapped axis name, or ``None`` for the single-device case.
+
+    Returns:
+      ``(x_all [N, ...], offset)``: ``x`` itself and ``0`` when ``axis_name`` is
+      ``None``; otherwise ``all_gather(x, tiled=True)`` and
+      ``axis_index(axis_name) * n``.
+    """
+    if axis_name is None:
+        return x, jnp.zeros((), jnp.int32)
+    x_all = jax.lax.all_gather(x, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * x.shape[0]
+    return x_all, offset
+
+
+def _mean(x: jax.Array, axis_name: AxisName) -> jax.Array:
+    """Mean of ``x``; global mean (``pmean`` of equal-size local means) if mapped."""
+    m = jnp.mean(x)
+    return m if axis_name is None else jax.lax.pmean(m, axis_name)
+
+
+def _pick(logp: jax.Array, cols: jax.Array) -> jax.Array:
+    """``logp[i, cols[i]]`` for each row ``i``. ``logp: [n, M]``, ``cols: [n]``."""
+    return jnp.take_along_axis(logp, cols[:, None], axis=1)[:, 0]
+
+
+def nt_xent(
+    z1: jax.Array,
+    z2: jax.Array,
+    temperature: float = 0.1,
+    axis_name: AxisName = None,
+) -> jax.Array:
+    """SimCLR NT-Xent loss over ``2N`` views.
+
+    Views are ordered ``[z1_all; z2_all]`` (``2N`` columns). For each anchor view
+    the positive is the other view of the same sample; the negatives are the other
+    ``2N - 2`` views (self-similarity is excluded). Mean over the ``2N`` anchors.
+
+    Args:
+      z1, z2: ``[n, D]`` two views' embeddings (local slice if ``axis_name``).
+      temperature: softmax temperature.
+      axis_name: mapped batch axis name or ``None``.
+
+    Returns:
+      Scalar loss (the global value on every device).
+    """
+    z1 = _l2_normalize(z1)
+    z2 = _l2_normalize(z2)
+    n = z1.shape[0]
+    z1_all, offset = _gather(z1, axis_name)
+    z2_all, _ = _gather(z2, axis_name)
+    big_n = z1_all.shape[0]
+
+    anchors = jnp.concatenate([z1, z2], axis=0)  # [2n, D]
+    columns = jnp.concatenate([z1_all, z2_all], axis=0)  # [2N, D]
+    logits = anchors @ columns.T / temperature  # [2n, 2N]
+
+    local = jnp.arange(n) + offset  # global sample index of the local rows
+    self_col = jnp.concatenate([local, local + big_n])
+    pos_col = jnp.concatenate([local + big_n, local])
+    is_self = jnp.arange(2 * big_n)[None, :] == self_col[:, None]
+    logits = jnp.where(is_self, -jnp.inf, logits)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return _mean(-_pick(logp, pos_col), axis_name)
+
+
+def cmc_loss(
+    z_student: jax.Array,
+    z_teacher: jax.Array,
+    temperature: float = 0.07,
+    symmetric: bool = True,
+    axis_name: AxisName = None,
+) -> jax.Array:
+    """CLIP-style cross-modal InfoNCE between student (target B) and teacher (source A).
+
+    ``L = -1/(2N) sum_i [log softmax_j(zB_i.zA_j/tau)[i] + log softmax_j(zA_i.zB_j/tau)[i]]``.
+    ``symmetric=False`` keeps only the target->source term (mean over ``N``).
+    The teacher is ``stop_gradient``-ed.
+
+    Args:
+      z_student: ``[n, D]`` student (target-modality) embeddings.
+      z_teacher: ``[n, D]`` teacher (source-modality) embeddings.
+      temperature: softmax temperature ``tau``.
+      symmetric: include the source->target term.
+      axis_name: mapped batch axis name or ``None``.
+
+    Returns:
+      Scalar loss (the global value on every device).
+    """
+    zb = _l2_normalize(z_student)
+    za = _l2_normalize(jax.lax.stop_gradient(z_teacher))
+    za_all, offset = _gather(za, axis_name)
+    labels = jnp.arange(zb.shape[0]) + offset
+
+    logp_ba = jax.nn.log_softmax(zb @ za_all.T / temperature, axis=-1)  # [n, N]
+    per_row = -_pick(logp_ba, labels)
+    if symmetric:
+        zb_all, _ = _gather(zb, axis_name)
+        logp_ab = jax.nn.log_softmax(za @ zb_all.T / temperature, axis=-1)
+        per_row = 0.5 * (per_row - _pick(logp_ab, labels))
+    return _mean(per_row, axis_name)
+
+
+def cmd_loss(
+    z_student: jax.Array,
+    z_teacher: jax.Array,
+    student_temperature: float = 0.07,
+    teacher_temperature: float = 0.04,
+    variant: str = "cross",
+    axis_name: AxisName = None,
+) -> jax.Array:
+    """SEED-style similarity-distribution distillation (soft cross-entropy).
+
+    ``p_A^i(j) = softmax_j(zA_i.zA_j / tau_T)`` (stop-gradient) and
+    ``p_B^i(j) = softmax_j(zB_i.zA_j / tau_S)`` (``variant='cross'``) or
+    ``softmax_j(zB_i.zB_j / tau_S)`` (``variant='within'``);
+    ``L = -1/N sum_i sum_j p_A^i(j) log p_B^i(j)``, ``j`` over the global batch.
+
+    Args:
+      z_student: ``[n, D]`` student (target-modality) embeddings.
+      z_teacher: ``[n, D]`` teacher (source-modality) embeddings.
+      student_temperature: ``tau_S``.
+      teacher_temperature: ``tau_T``.
+      variant: ``'cross'`` or ``'within'``.
+      axis_name: mapped batch axis name or ``None``.
+
+    Returns:
+      Scalar loss (the global value on every device).
+    """
+    if variant not in CMD_VARIANTS:
+        raise ValueError(
+            f"Unknown cmd_loss variant {variant!r}; valid variants: {CMD_VARIANTS}."
+        )
+    zb = _l2_normalize(z_student)
+    za = _l2_normalize(jax.lax.stop_gradient(z_teacher))
+    za_all, _ = _gather(za, axis_name)
+    p_a = jax.nn.softmax(za @ za_all.T / teacher_temperature, axis=-1)  # [n, N]
+    cols = za_all if variant == "cross" else _gather(zb, axis_name)[0]
+    logp_b = jax.nn.log_softmax(zb @ cols.T / student_temperature, axis=-1)
+    return _mean(-jnp.sum(p_a * logp_b, axis=-1), axis_name)
+
+
+def l2_align(
+    prediction: jax.Array,
+    target: jax.Array,
+    axis_name: AxisName = None,
+) -> jax.Array:
+    """Supervision-transfer baseline: ``mean_i ||prediction_i - sg(target_i)||^2``.
+
+    Raw features (no normalisation); ``prediction`` is the student's features after
+    the (model-side) learned linear map.
+
+    Args:
+      prediction: ``[n, D]``.
+      target: ``[n, D]`` teacher features (``stop_gradient``-ed).
+      axis_name: mapped batch axis name or ``None`` (then a global ``pmean``).
+
+    Returns:
+      Scalar loss (the global value on every device).
+    """
+    prediction = prediction.astype(jnp.promote_types(prediction.dtype, jnp.float32))
+    diff = prediction - jax.lax.stop_gradient(target).astype(prediction.dtype)
+    sq = jnp.sum(diff * diff, axis=tuple(range(1, diff.ndim)))
+    return _mean(sq, axis_name)

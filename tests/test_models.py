@@ -1,7 +1,7 @@
 """Shapes, parameter counts, BatchNorm behaviour, the log-mel front end and the registry.
 
-Eager `init` compiles one random op per parameter shape, so tests reuse the default
-ConvNet (whose parameter shapes do not depend on the input size) to keep the file fast.
+Eager JAX compiles each op per shape (a normal sampler costs ~0.5 s per parameter shape), so
+tests draw inputs with numpy and reuse the default ConvNet on (2, 32, 32, 1) batches.
 """
 
 import jax
@@ -27,8 +27,8 @@ def _num_params(params) -> int:
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
-def _images(channels: int, size: int = 32, batch: int = 2) -> jnp.ndarray:
-    return jax.random.normal(RNG, (batch, size, size, channels))
+def _images(channels: int, size: int = 32, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(batch, size, size, channels)).astype(np.float32)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -57,7 +57,7 @@ def test_image_encoder_accepts_8x8(make):
 @pytest.mark.parametrize("sample_rate", [8000, 16000])
 def test_audio_encoder_shapes(sample_rate):
     model = AudioEncoder(sample_rate=sample_rate)
-    x = jax.random.normal(RNG, (2, 4000))
+    x = np.random.default_rng(0).normal(size=(2, 4000)).astype(np.float32)
     variables = model.init(RNG, x, train=False)
     assert model.apply(variables, x, train=False).shape == (2, 128)
     fmap = model.apply(variables, x, train=False, return_feature_map=True)
@@ -71,24 +71,28 @@ def test_resnet18_param_count():
 
 
 def test_batchnorm_train_updates_stats_eval_is_deterministic():
-    model, x = ConvNet(), _images(1, size=16, batch=4)
+    model, x = ConvNet(), _images(1)
     variables = model.init(RNG, x, train=False)
     _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), variables["batch_stats"], updates["batch_stats"])
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                           variables["batch_stats"], updates["batch_stats"])
     assert all(jax.tree.leaves(changed))
 
     evaluated = {**variables, "batch_stats": updates["batch_stats"]}
     out = model.apply(evaluated, x, train=False)  # no `mutable` needed
     np.testing.assert_array_equal(out, model.apply(evaluated, x, train=False))
     # Running averages make each example independent of the rest of the batch.
-    np.testing.assert_allclose(model.apply(evaluated, x[:1], train=False), out[:1], rtol=1e-5, atol=1e-6)
+    other = np.concatenate([x[:1], _images(1, batch=1, seed=1)])
+    np.testing.assert_allclose(model.apply(evaluated, other, train=False)[0], out[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 def _reference_log_mel(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax, eps=1e-6):
     """Straightforward numpy loop: periodic Hann, rfft per frame, explicit HTK triangles."""
     mel = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)
     inv_mel = lambda m: 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    points = [inv_mel(mel(fmin) + i * (mel(fmax) - mel(fmin)) / (n_mels + 1)) for i in range(n_mels + 2)]
+    step = (mel(fmax) - mel(fmin)) / (n_mels + 1)
+    points = [inv_mel(mel(fmin) + i * step) for i in range(n_mels + 2)]
     filters = np.zeros((n_mels, n_fft // 2 + 1))
     for m in range(n_mels):
         lo, centre, hi = points[m], points[m + 1], points[m + 2]
@@ -111,12 +115,14 @@ def _reference_log_mel(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax, eps=1e
 
 @pytest.mark.parametrize(
     "sample_rate, n_fft, hop, n_mels, fmin, fmax",
-    [(8000, 256, 64, 32, 0.0, None), (16000, 256, 64, 32, 0.0, None), (16000, 512, 160, 40, 50.0, 7000.0)],
+    [(8000, 256, 64, 32, 0.0, None), (16000, 256, 64, 32, 0.0, None),
+     (16000, 512, 160, 40, 50.0, 7000.0)],
 )
 def test_log_mel_matches_numpy_reference(sample_rate, n_fft, hop, n_mels, fmin, fmax):
     wave = np.random.default_rng(0).normal(size=(2, 3000)).astype(np.float32)
     ours = log_mel_spectrogram(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax)
-    ref, _ = _reference_log_mel(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax or sample_rate / 2)
+    fmax_hz = fmax or sample_rate / 2
+    ref, _ = _reference_log_mel(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax_hz)
     assert ours.shape == ref.shape == (2, 1 + (3000 - n_fft) // hop, n_mels)
     # An absolute 1e-4 error in log space is a 1e-4 relative error in mel power.
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
@@ -130,22 +136,28 @@ def test_log_mel_pure_tone_peaks_at_nearest_centre(sample_rate, tone_hz):
     t = np.arange(4000) / sample_rate
     wave = np.sin(2 * np.pi * tone_hz * t)[None].astype(np.float32)
     spec = log_mel_spectrogram(wave, sample_rate, n_fft=n_fft)
-    _, centres = _reference_log_mel(wave[:, :n_fft], sample_rate, n_fft, 64, 32, 0.0, sample_rate / 2)
+    _, centres = _reference_log_mel(wave[:, :n_fft], sample_rate, n_fft, 64, 32, 0.0,
+                                    sample_rate / 2)
     assert int(jnp.argmax(spec.mean(axis=1)[0])) == int(np.argmin(np.abs(centres - tone_hz)))
 
 
 def test_make_encoder():
     assert make_encoder("convnet", widths=(8, 16)).widths == (8, 16)
     assert isinstance(make_encoder("audio", sample_rate=16000), AudioEncoder)
-    with pytest.raises(ValueError, match="unknown encoder 'resnet19'; valid: audio, convnet, resnet18"):
+    valid = "unknown encoder 'resnet19'; valid: audio, convnet, resnet18"
+    with pytest.raises(ValueError, match=valid):
         make_encoder("resnet19")
+    audio = make_encoder("audio", backbone="resnet19")
+    with pytest.raises(ValueError, match="valid: convnet, resnet18"):
+        jax.eval_shape(lambda: audio.init(RNG, np.zeros((1, 4000), np.float32), train=False))
 
 
 @pytest.mark.parametrize(
-    "head, out_dim", [(ProjectionHead(use_bn=True), 128), (LinearClassifier(10), 10)], ids=["proj", "linear"]
+    "head, out_dim", [(ProjectionHead(use_bn=True), 128), (LinearClassifier(10), 10)],
+    ids=["proj", "linear"],
 )
 def test_encoder_with_head_tree_and_export(head, out_dim):
-    model, x = EncoderWithHead(ConvNet(), head), _images(1, size=16)
+    model, x = EncoderWithHead(ConvNet(), head), _images(1)
     variables = model.init(RNG, x, train=False)
     assert set(variables["params"]) == {"encoder", "head"}
     features, out = model.apply(variables, x, train=False)

@@ -45,7 +45,8 @@ for method in ("cmc", "cmd", "l2"):
             dict(learning_rate=1e-2, weight_decay=1e-4, warmup_steps=0)), 10)
         state = parallel.replicate(common.TrainState.create(s_vars, tx), mesh)
         teacher_vars = parallel.replicate(t_vars, mesh)
-        step = jax.jit(distill.make_distill_step(student, teacher, tx, loss_fn, use_proj),
+        step = jax.jit(distill.make_distill_step(student, teacher, tx, loss_fn, use_proj,
+                                                 "source", "target"),
                        out_shardings=parallel.replicated(mesh))
         losses = []
         for b in batches:

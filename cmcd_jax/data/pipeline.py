@@ -30,6 +30,11 @@ def to_input(modality: str, value: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown modality {modality!r}; valid: audio, depth, image, sketch")
 
 
+def first_input(source, modality: str) -> np.ndarray:
+    """The prepared `modality` input of the first record: fixes a model's input shape."""
+    return to_input(modality, source[0][modality])
+
+
 def crop_indices(rng: np.random.Generator, size: int, min_scale: float) -> tuple:
     """Row and column indices of a random square crop (area >= min_scale) resized to `size`."""
     side = max(2, int(round(size * np.sqrt(rng.uniform(min_scale, 1.0)))))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import pathlib
@@ -15,6 +14,7 @@ from collections.abc import Callable, Iterator
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cmcd_jax import checkpoints, parallel
@@ -133,9 +133,11 @@ def per_process_batch(batch_size: int, mesh, key: str) -> int:
 
 
 def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: dict, head: dict,
-                   modality: str, batches: Iterator[dict], example_key: str, stage_cfg,
+                   modality: str, batches: Iterator[dict], example: np.ndarray, stage_cfg,
                    make_step: Callable, extra_args: tuple = ()) -> pathlib.Path:
     """Trains a fresh encoder-with-head for `stage_cfg.steps` and exports it.
+
+    `example` is one unbatched input of `modality`, which fixes the parameter shapes.
 
     A stage whose export is complete is not redone: its directory is returned as is.
     """
@@ -145,8 +147,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
         return export_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec, head)
-    first = next(batches)
-    example = jnp.asarray(first[example_key][:1])
+    example = jnp.asarray(example)[None]
     rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()))
     variables = init_variables(model, rng, example)
     tx = make_optimizer(stage_cfg, stage_cfg.steps)
@@ -155,7 +156,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
                       out_shardings=parallel.replicated(mesh))
     progress = Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
                         config.log_every)
-    state = train(state, step_fn, itertools.chain([first], batches), stage_cfg.steps, mesh,
+    state = train(state, step_fn, batches, stage_cfg.steps, mesh,
                   progress, *extra_args)
     features, _ = jax.eval_shape(lambda v: model.apply(v, example, train=False), variables)
     meta = export_meta(spec, head, modality, example.shape[1:], features.shape[-1],

@@ -31,18 +31,19 @@ def method_loss(method: str, config, mesh):
 
 
 def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
-                      use_projection: bool):
-    """A pure step: frozen teacher forward on the source, student update on the target."""
+                      use_projection: bool, source: str, target: str):
+    """A pure step: frozen teacher forward on `batch[source]`, student update on
+    `batch[target]`."""
 
     def distill_step(state: common.TrainState, teacher_variables: dict, batch: dict):
-        features, projection = teacher.apply(teacher_variables, batch["source"], train=False)
-        target = jax.lax.stop_gradient(projection if use_projection else features)
+        features, projection = teacher.apply(teacher_variables, batch[source], train=False)
+        teacher_out = jax.lax.stop_gradient(projection if use_projection else features)
 
         def loss_of(params):
             (_, out), updates = student.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch["target"],
+                {"params": params, "batch_stats": state.batch_stats}, batch[target],
                 train=True, mutable=["batch_stats"])
-            return loss_fn(out, target), updates["batch_stats"]
+            return loss_fn(out, teacher_out), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -72,11 +73,12 @@ def run(config, method: str, workdir: pathlib.Path, sources: dict, mesh,
         sources["train"], (config.data.source, modality),
         common.per_process_batch(cfg.batch_size, mesh, "distill.batch_size"), config.seed + 1,
         min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
-    batches = ({"source": b[config.data.source], "target": b[modality]} for b in batches)
     return common.fit_and_export(
         f"distill/{method}", workdir / "distill" / method, config, mesh,
         spec=common.encoder_spec(config, modality),
         head=student_head(use_projection, config, teacher_meta), modality=modality,
-        batches=batches, example_key="target", stage_cfg=cfg, extra_args=(teacher_variables,),
+        batches=batches, example=pipeline.first_input(sources["train"], modality),
+        stage_cfg=cfg, extra_args=(teacher_variables,),
         make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
-                                                      use_projection))
+                                                      use_projection, config.data.source,
+                                                      modality))

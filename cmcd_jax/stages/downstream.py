@@ -93,13 +93,13 @@ def evaluate_student(config, student_dir: pathlib.Path, teacher_dir: pathlib.Pat
             "retrieval_top1": retrieval_top1(s_out, keys)}
 
 
-def make_supervised_step(model, tx: optax.GradientTransformation):
-    """A pure supervised step: cross-entropy of the classifier head on labelled inputs."""
+def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str):
+    """A pure supervised step: cross-entropy of the classifier head on `batch[input_key]`."""
 
     def supervised_step(state: common.TrainState, batch: dict):
         def loss_of(params):
             (_, logits), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch["x"], train=True,
+                {"params": params, "batch_stats": state.batch_stats}, batch[input_key], train=True,
                 mutable=["batch_stats"])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
             return loss.mean(), updates["batch_stats"]
@@ -120,13 +120,13 @@ def run_target_only(config, workdir: pathlib.Path, sources: dict, data: dict, me
         sources["train"], (modality,), batch_size, config.seed + 2,
         indices=data["few_indices"], min_scale=cfg.min_crop_scale, jitter=0.0,
         extra=("label",), shard=common.data_shard())
-    batches = ({"x": b[modality], "label": b["label"]} for b in batches)
     num_classes = int(data["train"]["label"].max()) + 1
     export_dir = common.fit_and_export(
         "downstream/target_only", workdir / "downstream" / "target_only", config, mesh,
         spec=common.encoder_spec(config, modality),
         head={"kind": "linear", "num_classes": num_classes}, modality=modality,
-        batches=batches, example_key="x", stage_cfg=cfg, make_step=make_supervised_step)
+        batches=batches, example=pipeline.first_input(sources["train"], modality),
+        stage_cfg=cfg, make_step=lambda model, tx: make_supervised_step(model, tx, modality))
     model, variables, _ = common.restore_model(export_dir, mesh)
     _, logits = embed(model, variables, data["test"][modality])
     return {"probe_top1": float(np.mean(logits.argmax(-1) == data["test"]["label"])),

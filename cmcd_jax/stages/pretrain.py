@@ -47,5 +47,6 @@ def run(config, workdir: pathlib.Path, sources: dict, mesh) -> pathlib.Path:
     loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature)
     return common.fit_and_export(
         "pretrain", stage_dir, config, mesh, spec=spec, head=head, modality=modality,
-        batches=batches, example_key="view1", stage_cfg=cfg,
+        batches=batches, example=pipeline.first_input(sources["train"], modality),
+        stage_cfg=cfg,
         make_step=lambda model, tx: make_pretrain_step(model, tx, loss_fn))

@@ -63,3 +63,41 @@ def restore_encoder(directory: str | pathlib.Path, abstract_variables):
     with ocp.StandardCheckpointer() as ckptr:
         check_shapes(ckptr.metadata(path).item_metadata, abstract_variables, directory)
         return ckptr.restore(path, abstract_variables)
+
+
+def train_checkpoints(directory: str | pathlib.Path, every: int,
+                      keep: int) -> ocp.CheckpointManager:
+    """A manager of periodic train-state + data-iterator checkpoints under `directory`."""
+    import grain  # Only the train loop needs grain's iterator-state handler.
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every)
+    return ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+
+def save_train(manager: ocp.CheckpointManager, step: int, state, iterator,
+               force: bool = False) -> None:
+    """Saves the train state and the grain iterator's position together (if due or forced)."""
+    import grain
+
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
+        force=force)
+
+
+def restore_train(manager: ocp.CheckpointManager, state, iterator):
+    """The latest checkpointed state (restored into `state`'s shardings, and the iterator
+    moved to its saved position), or `state` unchanged when there is none."""
+    import grain
+
+    step = manager.latest_step()
+    if step is None:
+        return state
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+    return restored["state"]

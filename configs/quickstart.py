@@ -34,4 +34,5 @@ def get_config():
     c.downstream = dict(labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
                         probe_weight_decay=1e-2)
     c.parallel = dict(num_devices=0)
+    c.checkpoint = dict(every=200, keep=2)  # train-state checkpoints, for resuming
     return c

@@ -156,19 +156,27 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
                       out_shardings=parallel.replicated(mesh))
     progress = Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
                         config.log_every)
-    state = train(state, step_fn, batches, stage_cfg.steps, mesh,
-                  progress, *extra_args)
+    with checkpoints.train_checkpoints(stage_dir / "ckpt", config.checkpoint.every,
+                                       config.checkpoint.keep) as manager:
+        state = checkpoints.restore_train(manager, state, batches)
+        if int(state.step):
+            print(f"[{name}] resuming from step {int(state.step)}", file=sys.stderr)
+        state = train(state, step_fn, batches, stage_cfg.steps, mesh, progress, manager,
+                      *extra_args)
     features, _ = jax.eval_shape(lambda v: model.apply(v, example, train=False), variables)
     meta = export_meta(spec, head, modality, example.shape[1:], features.shape[-1],
                        stage_cfg.steps, config)
     return checkpoints.export_encoder(export_dir, state.variables, meta)
 
 
-def train(state: TrainState, step_fn: Callable, batches: Iterator[dict], num_steps: int,
-          mesh, progress: Progress, *extra_args) -> TrainState:
-    """Runs `num_steps` of `step_fn(state, *extra_args, batch) -> (state, metrics)`."""
+def train(state: TrainState, step_fn: Callable, batches, num_steps: int, mesh,
+          progress: Progress, manager, *extra_args) -> TrainState:
+    """Runs `step_fn(state, *extra_args, batch) -> (state, metrics)` up to `num_steps`,
+    checkpointing state and data position through `manager` (always at the end)."""
     for i in range(int(state.step), num_steps):
         batch = parallel.to_global(next(batches), mesh)
         state, metrics = step_fn(state, *extra_args, batch)
         progress(i + 1, metrics)
+        checkpoints.save_train(manager, i + 1, state, batches, force=i + 1 == num_steps)
+    manager.wait_until_finished()
     return state

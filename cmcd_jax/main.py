@@ -21,8 +21,11 @@ def main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO.
     from cmcd_jax import experiment  # Heavy imports only once the flags are parsed.
+    from cmcd_jax.stages.common import Preempted
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value)
+    except Preempted as e:
+        print(f"cmcd_jax: {e}", file=sys.stderr)
     except USER_ERRORS as e:
         sys.exit(f"cmcd_jax: error: {e}")
 

@@ -1,9 +1,11 @@
 """Shared fixtures: the tiny cmcd_shapes build, and a runner for the command line."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,8 +29,9 @@ def tiny_sources(data_dir) -> dict:
     return shapes.load_shapes("tiny", str(data_dir))
 
 
-def run_main(workdir, data_dir, *overrides, devices: int = 1) -> subprocess.CompletedProcess:
-    """`python -m cmcd_jax.main` on the quickstart config shrunk to a smoke test."""
+def main_command(workdir, data_dir, *overrides, devices: int = 1) -> tuple[list, dict]:
+    """Arguments and environment of `python -m cmcd_jax.main` on the quickstart config
+    shrunk to a smoke test."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "cmcd_jax.main", "--config=configs/quickstart.py",
@@ -38,5 +41,31 @@ def run_main(workdir, data_dir, *overrides, devices: int = 1) -> subprocess.Comp
             "--config.distill.steps=10", "--config.distill.batch_size=32",
             "--config.target_only.steps=10", "--config.target_only.batch_size=32",
             "--config.downstream.probe_steps=50", *overrides]
+    return args, env
+
+
+def run_main(workdir, data_dir, *overrides, devices: int = 1) -> subprocess.CompletedProcess:
+    """Runs the smoke-test command to completion."""
+    args, env = main_command(workdir, data_dir, *overrides, devices=devices)
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def start_main(workdir, data_dir, *overrides) -> subprocess.Popen:
+    """Starts the smoke-test command in the background (stderr to workdir.log)."""
+    args, env = main_command(workdir, data_dir, *overrides)
+    log = open(f"{workdir}.log", "w")
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_step(metrics_file: pathlib.Path, step: int, proc: subprocess.Popen,
+                  timeout: float = 300) -> None:
+    """Blocks until `metrics_file` logs `step` (or fails if the process ends first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics_file.exists() and any(
+                json.loads(line)["step"] >= step for line in metrics_file.read_text().splitlines()):
+            return
+        assert proc.poll() is None, f"process ended before step {step}"
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not reached in {timeout}s")

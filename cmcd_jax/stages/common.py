@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import pathlib
+import signal
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -169,14 +172,37 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     return checkpoints.export_encoder(export_dir, state.variables, meta)
 
 
+class Preempted(Exception):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+
+@contextlib.contextmanager
+def sigterm_requests_stop():
+    """Within the block, SIGTERM sets the returned event instead of killing the process."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(state: TrainState, step_fn: Callable, batches, num_steps: int, mesh,
           progress: Progress, manager, *extra_args) -> TrainState:
     """Runs `step_fn(state, *extra_args, batch) -> (state, metrics)` up to `num_steps`,
-    checkpointing state and data position through `manager` (always at the end)."""
-    for i in range(int(state.step), num_steps):
-        batch = parallel.to_global(next(batches), mesh)
-        state, metrics = step_fn(state, *extra_args, batch)
-        progress(i + 1, metrics)
-        checkpoints.save_train(manager, i + 1, state, batches, force=i + 1 == num_steps)
+    checkpointing state and data position through `manager` (always at the end, and at
+    the next step boundary after a SIGTERM, then raising `Preempted`)."""
+    with sigterm_requests_stop() as stop:
+        for i in range(int(state.step), num_steps):
+            batch = parallel.to_global(next(batches), mesh)
+            state, metrics = step_fn(state, *extra_args, batch)
+            progress(i + 1, metrics)
+            final = i + 1 == num_steps or stop.is_set()
+            checkpoints.save_train(manager, i + 1, state, batches, force=final)
+            if stop.is_set() and i + 1 < num_steps:
+                manager.wait_until_finished()
+                raise Preempted(f"[{progress.name}] stopped by SIGTERM after step {i + 1}; "
+                                f"checkpoint saved in {manager.directory}; rerun the same "
+                                f"command to resume")
     manager.wait_until_finished()
     return state

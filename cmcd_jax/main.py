@@ -3,6 +3,7 @@
 Overrides work the ml-collections way, e.g. `--config.distill.steps=200`.
 """
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -13,7 +14,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def main(argv) -> None:
@@ -27,8 +28,29 @@ def main(argv) -> None:
     except Preempted as e:
         print(f"cmcd_jax: {e}", file=sys.stderr)
     except USER_ERRORS as e:
-        sys.exit(f"cmcd_jax: error: {e}")
+        sys.exit(f"cmcd_jax: error: {one_line(e)}")
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message (however nested or multi-line) as one line."""
+    text = str(error.args[0]) if error.args else str(error)
+    return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with a config-override mistake reported as one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (KeyError, AttributeError, TypeError, ValueError, OSError, flags.Error) as e:
+        message = one_line(e)
+        key = re.search(r"'([^']+)'", message)
+        culprit = next((a.split("=")[0] for a in argv[1:] if key and re.search(
+            rf"^--config\.(.*\.)?{re.escape(key.group(1))}[.=]", a)), None)
+        if key and culprit and "Did you mean" in message:
+            suggestion = message.split("Did you mean", 1)[1].rstrip("'")
+            message = f"unknown config key {key.group(0)}; did you mean{suggestion}"
+        sys.exit(f"cmcd_jax: error: {culprit + ': ' if culprit else ''}{message}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -46,3 +46,18 @@ def test_unknown_method_lists_valid_ones(tmp_path, data_dir):
     proc = run_main(tmp_path / "run", data_dir, "--config.methods=cmc,simclr")
     assert proc.returncode != 0
     assert "unknown method(s) 'simclr'" in proc.stderr and "valid: cmc, cmd, l2" in proc.stderr
+
+
+def test_misspelt_config_key_suggests_the_nearest_one(tmp_path, data_dir):
+    proc = run_main(tmp_path / "run", data_dir, "--config.distill.step=3")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("cmcd_jax: error: --config.distill.step: unknown config key 'step'; "
+                    'did you mean "steps" instead of "step"?')
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_value_type_names_the_flag(tmp_path, data_dir):
+    proc = run_main(tmp_path / "run", data_dir, "--config.distill.steps=many")
+    assert proc.returncode != 0
+    assert "--config.distill.steps=many" in proc.stderr.strip().splitlines()[-1]

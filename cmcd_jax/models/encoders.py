@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cmcd_jax.models.conv import Conv
+
 Dtype = Any
 
 BN_MOMENTUM = 0.9
@@ -32,9 +34,13 @@ def batch_norm(train: bool, dtype: Dtype, **kwargs) -> nn.BatchNorm:
     )
 
 
-def _conv(features: int, kernel: int, strides: int, dtype: Dtype, **kwargs) -> nn.Conv:
-    """Bias-free square conv with SAME padding (a BatchNorm always follows)."""
-    return nn.Conv(
+def _conv(features: int, kernel: int, strides: int, dtype: Dtype, **kwargs) -> Conv:
+    """Bias-free square conv with SAME padding (a BatchNorm always follows).
+
+    :class:`~cmcd_jax.models.conv.Conv` has ``nn.Conv``'s parameters and outputs, with a
+    faster weight gradient on CPU.
+    """
+    return Conv(
         features,
         (kernel, kernel),
         strides=(strides, strides),

@@ -15,11 +15,21 @@ All losses are pure ``jax.numpy`` and work in two modes:
 Notation: ``N`` is the global batch size, ``n`` the local one (``N`` when
 ``axis_name is None``), ``D`` the embedding dimension. Embeddings are
 L2-normalised inside the losses; logits are computed in at least float32.
+
+Memory-lean path (``chunk_size``): ``nt_xent``, ``cmc_loss`` and ``cmd_loss`` naively
+materialise ``[n, N]`` logits per device (and as much again in the backward pass).
+With ``chunk_size=c`` the (gathered) columns are streamed in blocks of ``c`` through a
+``lax.scan`` computing an online log-sum-exp, whose body is ``jax.checkpoint``-ed, so
+the forward and the backward pass only hold ``[n, c]`` logit blocks (besides the
+``[N, D]`` gathered embeddings and their gradient). Positive logits are row-wise dot
+products. ``c`` must divide the number of columns (``N``; ``2N`` for ``nt_xent``).
+Results equal the naive path's up to float rounding. ``python -m
+cmcd_jax.memory_benchmark`` compares the compiled per-device memory of both paths.
 """
 
 from __future__ import annotations
 
-from typing import Hashable, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -68,11 +78,117 @@ def _pick(logp: jax.Array, cols: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logp, cols[:, None], axis=1)[:, 0]
 
 
+def _scan_column_chunks(
+    body: Callable[[Any, Tuple[jax.Array, ...], jax.Array], Any],
+    init: Any,
+    columns: Tuple[jax.Array, ...],
+    chunk_size: int,
+) -> Any:
+    """Folds ``body`` over blocks of ``chunk_size`` columns; rematerialised per block.
+
+    Args:
+      body: ``body(carry, blocks, col_index) -> carry`` with ``blocks`` the
+        ``[chunk_size, D]`` slices of ``columns`` and ``col_index`` their
+        ``[chunk_size]`` column indices (into ``columns``).
+      init: initial carry.
+      columns: ``[M, D]`` arrays sharing ``M``, chunked together.
+      chunk_size: block size; must divide ``M``.
+
+    Returns:
+      The final carry. ``body`` is ``jax.checkpoint``-ed, so the backward pass keeps
+      only the per-block carries and recomputes each block's intermediates.
+    """
+    m = columns[0].shape[0]
+    if not isinstance(chunk_size, int) or chunk_size <= 0 or m % chunk_size:
+        raise ValueError(
+            f"chunk_size={chunk_size!r} must be a positive divisor of the number of "
+            f"columns M={m} (the global batch size N; 2N for nt_xent)."
+        )
+    steps = m // chunk_size
+    xs = tuple(c.reshape(steps, chunk_size, *c.shape[1:]) for c in columns)
+    idx = jnp.arange(m, dtype=jnp.int32).reshape(steps, chunk_size)
+
+    @jax.checkpoint
+    def step(carry, x):
+        blocks, col_index = x
+        return body(carry, blocks, col_index), None
+
+    carry, _ = jax.lax.scan(step, init, (xs, idx))
+    return carry
+
+
+def _online_lse_init(rows: jax.Array) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Empty online log-sum-exp state ``(max, sum, dot)`` for the ``[n, D]`` rows.
+
+    Built from ``rows`` so that inside ``shard_map`` the carry has their
+    (device-varying) type, as ``lax.scan`` requires.
+    """
+    zeros = jnp.zeros_like(rows[:, 0])
+    return jnp.full_like(zeros, -jnp.inf), zeros, zeros
+
+
+def _online_lse_update(
+    state: Tuple[jax.Array, jax.Array, jax.Array],
+    logits: jax.Array,
+    values: Optional[jax.Array] = None,
+) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    """Folds a ``[n, c]`` block of logits into the streaming softmax state.
+
+    State per row: running max ``m``, ``sum_j exp(l_j - m)`` and, if ``values`` is
+    given, ``sum_j exp(l_j - m) values_j``. At the end ``lse = m + log(sum)`` and
+    ``E_softmax(l)[values] = dot / sum`` (normalised by the accumulated ``sum``, not
+    by an ``lse`` from a separate pass, so rounding differences between passes
+    cannot unbalance the weights). ``m`` is ``stop_gradient``-ed: it is only a
+    shift, ``d lse / d l = softmax(l)`` whatever its value.
+    """
+    run_max, run_sum, run_dot = state
+    new_max = jax.lax.stop_gradient(jnp.maximum(run_max, jnp.max(logits, axis=-1)))
+    shift = jnp.where(jnp.isneginf(new_max), 0.0, new_max)  # all masked so far
+    rescale = jnp.exp(run_max - shift)
+    w = jnp.exp(logits - shift[:, None])
+    run_sum = run_sum * rescale + jnp.sum(w, axis=-1)
+    if values is not None:
+        run_dot = run_dot * rescale + jnp.sum(w * values, axis=-1)
+    return new_max, run_sum, run_dot
+
+
+def _chunked_lse(
+    rows: jax.Array,
+    columns: jax.Array,
+    temperature: float,
+    chunk_size: int,
+    exclude: Optional[jax.Array] = None,
+) -> jax.Array:
+    """``logsumexp_j(rows_i . columns_j / temperature)`` over ``j != exclude[i]``, streamed.
+
+    Args:
+      rows: ``[n, D]``.
+      columns: ``[M, D]``.
+      temperature: logit divisor.
+      chunk_size: columns per block (divides ``M``).
+      exclude: optional ``[n]`` column index left out of row ``i`` (``-inf`` logit).
+
+    Returns:
+      ``[n]`` log-sum-exp.
+    """
+
+    def body(state, blocks, col_index):
+        logits = rows @ blocks[0].T / temperature  # [n, chunk]
+        if exclude is not None:
+            logits = jnp.where(col_index[None, :] == exclude[:, None], -jnp.inf, logits)
+        return _online_lse_update(state, logits)
+
+    init = _online_lse_init(rows)
+    run_max, run_sum, _ = _scan_column_chunks(body, init, (columns,), chunk_size)
+    return run_max + jnp.log(run_sum)
+
+
 def nt_xent(
     z1: jax.Array,
     z2: jax.Array,
     temperature: float = 0.1,
     axis_name: AxisName = None,
+    chunk_size: Optional[int] = None,
 ) -> jax.Array:
     """SimCLR NT-Xent loss over ``2N`` views.
 
@@ -84,6 +200,8 @@ def nt_xent(
       z1, z2: ``[n, D]`` two views' embeddings (local slice if ``axis_name``).
       temperature: softmax temperature.
       axis_name: mapped batch axis name or ``None``.
+      chunk_size: stream the ``2N`` columns in blocks of this size (memory-lean
+        path, see the module docstring); must divide ``2N``. ``None``: naive.
 
     Returns:
       Scalar loss (the global value on every device).
@@ -97,10 +215,14 @@ def nt_xent(
 
     anchors = jnp.concatenate([z1, z2], axis=0)  # [2n, D]
     columns = jnp.concatenate([z1_all, z2_all], axis=0)  # [2N, D]
-    logits = anchors @ columns.T / temperature  # [2n, 2N]
-
     local = jnp.arange(n) + offset  # global sample index of the local rows
     self_col = jnp.concatenate([local, local + big_n])
+    if chunk_size is not None:
+        pos = jnp.sum(z1 * z2, axis=-1) / temperature  # the other view of the sample
+        lse = _chunked_lse(anchors, columns, temperature, chunk_size, exclude=self_col)
+        return _mean(lse - jnp.concatenate([pos, pos]), axis_name)
+
+    logits = anchors @ columns.T / temperature  # [2n, 2N]
     pos_col = jnp.concatenate([local + big_n, local])
     is_self = jnp.arange(2 * big_n)[None, :] == self_col[:, None]
     logits = jnp.where(is_self, -jnp.inf, logits)
@@ -114,6 +236,7 @@ def cmc_loss(
     temperature: float = 0.07,
     symmetric: bool = True,
     axis_name: AxisName = None,
+    chunk_size: Optional[int] = None,
 ) -> jax.Array:
     """CLIP-style cross-modal InfoNCE between student (target B) and teacher (source A).
 
@@ -127,6 +250,8 @@ def cmc_loss(
       temperature: softmax temperature ``tau``.
       symmetric: include the source->target term.
       axis_name: mapped batch axis name or ``None``.
+      chunk_size: stream the ``N`` columns in blocks of this size (memory-lean
+        path, see the module docstring); must divide ``N``. ``None``: naive.
 
     Returns:
       Scalar loss (the global value on every device).
@@ -134,6 +259,15 @@ def cmc_loss(
     zb = _l2_normalize(z_student)
     za = _l2_normalize(jax.lax.stop_gradient(z_teacher))
     za_all, offset = _gather(za, axis_name)
+    if chunk_size is not None:
+        pos = jnp.sum(zb * za, axis=-1) / temperature  # the local pair is the positive
+        per_row = _chunked_lse(zb, za_all, temperature, chunk_size) - pos
+        if symmetric:
+            zb_all, _ = _gather(zb, axis_name)
+            lse_ab = _chunked_lse(za, zb_all, temperature, chunk_size)
+            per_row = 0.5 * (per_row + lse_ab - pos)
+        return _mean(per_row, axis_name)
+
     labels = jnp.arange(zb.shape[0]) + offset
 
     logp_ba = jax.nn.log_softmax(zb @ za_all.T / temperature, axis=-1)  # [n, N]
@@ -152,6 +286,7 @@ def cmd_loss(
     teacher_temperature: float = 0.04,
     variant: str = "cross",
     axis_name: AxisName = None,
+    chunk_size: Optional[int] = None,
 ) -> jax.Array:
     """SEED-style similarity-distribution distillation (soft cross-entropy).
 
@@ -167,6 +302,10 @@ def cmd_loss(
       teacher_temperature: ``tau_T``.
       variant: ``'cross'`` or ``'within'``.
       axis_name: mapped batch axis name or ``None``.
+      chunk_size: stream the ``N`` columns in blocks of this size (memory-lean
+        path, see the module docstring); must divide ``N``. One streamed pass
+        accumulating ``lse_B`` and ``sum_j p_A(j) s_B(j)`` (``s``: logits), using
+        ``sum_j p_A(j) log p_B(j) = sum_j p_A(j) s_B(j) - lse_B``. ``None``: naive.
 
     Returns:
       Scalar loss (the global value on every device).
@@ -178,8 +317,23 @@ def cmd_loss(
     zb = _l2_normalize(z_student)
     za = _l2_normalize(jax.lax.stop_gradient(z_teacher))
     za_all, _ = _gather(za, axis_name)
-    p_a = jax.nn.softmax(za @ za_all.T / teacher_temperature, axis=-1)  # [n, N]
     cols = za_all if variant == "cross" else _gather(zb, axis_name)[0]
+    if chunk_size is not None:
+        # one streamed pass: lse_B, and E_{p_A}[s_B] = sum_j p_A(j) s_B(j) with p_A
+        # normalised by its own running max and sum (s: logits)
+
+        def body(state, blocks, _):
+            state_a, state_b = state
+            s_a = za @ blocks[0].T / teacher_temperature
+            s_b = zb @ blocks[1].T / student_temperature
+            return _online_lse_update(state_a, s_a, s_b), _online_lse_update(state_b, s_b)
+
+        init = (_online_lse_init(zb),) * 2
+        state_a, state_b = _scan_column_chunks(body, init, (za_all, cols), chunk_size)
+        lse_b = state_b[0] + jnp.log(state_b[1])
+        return _mean(lse_b - state_a[2] / state_a[1], axis_name)
+
+    p_a = jax.nn.softmax(za @ za_all.T / teacher_temperature, axis=-1)  # [n, N]
     logp_b = jax.nn.log_softmax(zb @ cols.T / student_temperature, axis=-1)
     return _mean(-jnp.sum(p_a * logp_b, axis=-1), axis_name)
 

@@ -153,6 +153,55 @@ def test_unknown_cmd_variant_raises():
 
 
 # --------------------------------------------------------------------------------------
+# memory-lean (chunk_size) path == naive path, single device
+# --------------------------------------------------------------------------------------
+# case -> (loss with its options, chunk sizes); N = 12 columns (24 for nt_xent, where 8
+# straddles the z1/z2 boundary and 1 gives chunks that hold only the masked self column)
+CHUNK_CASES = {
+    "nt_xent": (lambda a, b, **k: losses.nt_xent(a, b, temperature=0.1, **k), (24, 8, 1)),
+    "cmc_sym": (lambda a, b, **k: losses.cmc_loss(a, b, symmetric=True, **k), (12, 1)),
+    "cmc_asym": (lambda a, b, **k: losses.cmc_loss(a, b, symmetric=False, **k), (12, 3)),
+    "cmd_cross": (lambda a, b, **k: losses.cmd_loss(a, b, variant="cross", **k), (12, 1)),
+    "cmd_within": (lambda a, b, **k: losses.cmd_loss(
+        a, b, student_temperature=0.5, teacher_temperature=0.2, variant="within", **k), (12, 6)),
+    # tiny teacher temperature: p_A ~ one-hot, rounding amplified by 1/tau_T
+    "cmd_tiny_tau_t": (lambda a, b, **k: losses.cmd_loss(a, b, teacher_temperature=1e-4, **k),
+                       (12, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHUNK_CASES))
+def test_chunked_matches_naive(case):
+    fn, sizes = CHUNK_CASES[case]
+    vg = lambda a, b, **k: jax.value_and_grad(lambda u, v: fn(u, v, **k), argnums=(0, 1))(a, b)
+    # one jit for the naive and all chunked variants, -O0 backend (compile time); the
+    # inputs are arguments, not closed over: XLA would constant-fold the teacher side
+    zs, zt = _rand(20, 12, 16), _rand(21, 12, 16)
+    run = jax.jit(lambda a, b: [vg(a, b)] + [vg(a, b, chunk_size=c) for c in sizes]).lower(
+        zs, zt).compile(compiler_options={"xla_backend_optimization_level": 0})
+    (v0, (gs0, gt0)), *chunked = run(zs, zt)
+    assert np.max(np.abs(gs0)) > 1e-3
+    for c, (v, (gs, gt)) in zip(sizes, chunked):
+        np.testing.assert_allclose(v, v0, **TOL, err_msg=f"value, chunk_size={c}")
+        np.testing.assert_allclose(gs, gs0, **TOL, err_msg=f"student grad, chunk_size={c}")
+        np.testing.assert_allclose(gt, gt0, **TOL, err_msg=f"teacher grad, chunk_size={c}")
+    zs[5] = 0.0  # a zero embedding stays finite on the chunked path too
+    for c, (v, (gs, gt)) in zip((None,) + sizes, run(zs, zt)):
+        assert np.isfinite(v) and np.all(np.isfinite(gs)), f"chunk_size={c}"
+
+
+def test_chunk_size_must_divide_columns():
+    z = _rand(22, 12, 8)
+    for fn in (losses.cmc_loss, losses.cmd_loss):
+        with pytest.raises(ValueError, match=r"chunk_size=5 .*divisor.*M=12"):
+            fn(z, z, chunk_size=5)
+    with pytest.raises(ValueError, match=r"chunk_size=5 .*M=24"):
+        losses.nt_xent(z, z, chunk_size=5)
+    with pytest.raises(ValueError, match="chunk_size=0"):
+        losses.cmc_loss(z, z, chunk_size=0)
+
+
+# --------------------------------------------------------------------------------------
 # multi-device (shard_map over 'data') in a subprocess with 8 host CPU devices
 # --------------------------------------------------------------------------------------
 _MULTIDEVICE_SCRIPT = r'''
@@ -179,6 +228,13 @@ CASES = {
                                     teacher_temperature=0.2, variant="within"),
     "l2_align": losses.l2_align,
 }
+# memory-lean path (N = 32 columns; 64 for nt_xent)
+CASES.update({
+    "nt_xent/chunk8": functools.partial(CASES["nt_xent"], chunk_size=8),
+    "cmc_sym/chunk8": functools.partial(CASES["cmc_sym"], chunk_size=8),
+    "cmd_cross/chunk8": functools.partial(CASES["cmd_cross"], chunk_size=8),
+    "cmd_within/chunk16": functools.partial(CASES["cmd_within"], chunk_size=16),
+})
 
 def mesh_of(n):
     return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Explicit,),
@@ -223,11 +279,12 @@ def global_value_and_grads(fns, x, y):
     return jax.jit(lambda x, y: {k: jax.value_and_grad(f, argnums=(0, 1))(x, y)
                                  for k, f in fns.items()})(x, y)
 
-ref = global_value_and_grads(CASES, a, b)
+# the reference of a chunked case "loss/chunkC" is the naive global "loss"
+ref = global_value_and_grads({k: f for k, f in CASES.items() if "/" not in k}, a, b)
 for n in (1, 2, 4, 8):
     res = sharded_fns(CASES, n)(a, b)
     for name, ((v1, g1), (v2, g2)) in res.items():
-        gv, gg = ref[name]
+        gv, gg = ref[name.split("/")[0]]
         out["contract"][f"{name}/n={n}"] = {
             "global": float(gv), "outer": float(v1), "inner": float(v2),
             "value_err": max(err(v1, gv), err(v2, gv)),
@@ -302,7 +359,8 @@ def multidevice_results():
 
 def test_multidevice_values_and_gradients_match_global(multidevice_results):
     res = multidevice_results["contract"]
-    assert len(res) == 6 * 4, sorted(res)
+    assert len(res) == 10 * 4, sorted(res)
+    assert sum("/chunk" in k for k in res) == 4 * 4, sorted(res)
     bad = {
         k: r for k, r in res.items()
         if max(r["value_err"], r["grad0_err"], r["grad1_err"]) > 1e-5

@@ -13,7 +13,9 @@ def stage(steps: int, batch_size: int, learning_rate: float, **extra):
     """Duration, batch and AdamW settings of one training stage."""
     return ml_collections.ConfigDict(dict(
         steps=steps, batch_size=batch_size, learning_rate=learning_rate, weight_decay=1e-4,
-        warmup_steps=max(steps // 20, 1), min_crop_scale=0.3, **extra))
+        warmup_steps=max(steps // 20, 1), min_crop_scale=0.3,
+        loss_chunk_size=0,  # > 0: memory-lean loss over column chunks (large global batches)
+        **extra))
 
 
 def get_config():

@@ -18,13 +18,15 @@ def method_loss(method: str, config, mesh):
     """(per-device-sharded loss(student_out, teacher_target), whether the target is the
     teacher's projection (True) or its backbone features (False))."""
     cfg = config.distill
+    chunk = cfg.get("loss_chunk_size") or None
     if method == "cmc":
         return parallel.sharded_loss(losses.cmc_loss, mesh, temperature=cfg.cmc.temperature,
-                                     symmetric=cfg.cmc.symmetric), True
+                                     symmetric=cfg.cmc.symmetric, chunk_size=chunk), True
     if method == "cmd":
         return parallel.sharded_loss(
             losses.cmd_loss, mesh, student_temperature=cfg.cmd.student_temperature,
-            teacher_temperature=cfg.cmd.teacher_temperature, variant=cfg.cmd.variant), True
+            teacher_temperature=cfg.cmd.teacher_temperature, variant=cfg.cmd.variant,
+            chunk_size=chunk), True
     if method == "l2":
         return parallel.sharded_loss(losses.l2_align, mesh), False
     raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(METHODS)}")

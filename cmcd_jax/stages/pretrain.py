@@ -44,7 +44,8 @@ def run(config, workdir: pathlib.Path, sources: dict, mesh) -> pathlib.Path:
         sources["train"], modality,
         common.per_process_batch(cfg.batch_size, mesh, "pretrain.batch_size"), config.seed,
         min_scale=cfg.min_crop_scale, jitter=cfg.colour_jitter, shard=common.data_shard())
-    loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature)
+    loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature,
+                                    chunk_size=cfg.loss_chunk_size or None)
     return common.fit_and_export(
         "pretrain", stage_dir, config, mesh, spec=spec, head=head, modality=modality,
         batches=batches, example=pipeline.first_input(sources["train"], modality),

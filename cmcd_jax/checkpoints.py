@@ -28,7 +28,8 @@ def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> path
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(directory / "variables", jax.device_get(variables), force=True)
         ckptr.wait_until_finished()
-    (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    if jax.process_index() == 0:
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
 

@@ -68,6 +68,7 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     """Runs every stage the config asks for (skipping completed ones) and writes results."""
     workdir = pathlib.Path(workdir)
     check_config(config)
+    parallel.initialize_distributed(config.parallel.distributed)
     claim_workdir(config, workdir)
     mesh = parallel.make_mesh(config.parallel.num_devices)
     sources = shapes.load_shapes(config.data.config_name, config.data.data_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 
 import jax
@@ -10,6 +11,37 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+# Environment variables that mean "this process is one of several" (TPU pod slices, SLURM,
+# Open MPI, or an explicit coordinator as set by launch/gpu.sh).
+_MULTI_PROCESS_HINTS = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS",
+                        "OMPI_COMM_WORLD_SIZE")
+
+
+def wants_distributed(environ: dict) -> bool:
+    """Whether the environment describes a launch of several processes."""
+    hosts = environ.get("TPU_WORKER_HOSTNAMES", "")
+    return ("JAX_COORDINATOR_ADDRESS" in environ or "," in hosts
+            or int(environ.get("SLURM_NTASKS", "1")) > 1
+            or int(environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
+def initialize_distributed(mode: str = "auto") -> None:
+    """`jax.distributed.initialize()` on multi-process launches; a no-op on one host.
+
+    mode: 'auto' (initialize when the environment describes several processes), 'on', 'off'.
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID complete JAX_COORDINATOR_ADDRESS where no cluster
+    manager (TPU, SLURM, MPI) is there to detect them.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"parallel.distributed={mode!r}; valid: auto, on, off")
+    if mode == "off" or (mode == "auto" and not wants_distributed(os.environ)):
+        return
+    kwargs = {}
+    if "JAX_NUM_PROCESSES" in os.environ:
+        kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+                  "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -35,6 +35,7 @@ def get_config():
     c.target_only = stage(300, 64, 2e-3)
     c.downstream = dict(labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
                         probe_weight_decay=1e-2)
-    c.parallel = dict(num_devices=0)
+    c.parallel = dict(num_devices=0,  # 0 = every device of every process
+                      distributed="auto")  # jax.distributed.initialize(): auto / on / off
     c.checkpoint = dict(every=200, keep=2)  # train-state checkpoints, for resuming
     return c

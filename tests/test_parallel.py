@@ -100,3 +100,27 @@ def test_mesh_larger_than_the_devices_is_a_clear_error():
 
     with pytest.raises(ValueError, match="parallel.num_devices=4096 but only"):
         parallel.make_mesh(4096)
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, False),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}, True),
+    ({"SLURM_NTASKS": "1"}, False),
+    ({"SLURM_NTASKS": "4"}, True),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"JAX_COORDINATOR_ADDRESS": "host0:1234"}, True),
+])
+def test_multi_process_launches_are_detected(environ, expected):
+    from cmcd_jax import parallel
+
+    assert parallel.wants_distributed(environ) is expected
+
+
+def test_single_host_initialization_is_a_noop_and_bad_mode_is_named():
+    from cmcd_jax import parallel
+
+    parallel.initialize_distributed("auto")
+    parallel.initialize_distributed("off")
+    with pytest.raises(ValueError, match="parallel.distributed='maybe'; valid: auto, on, off"):
+        parallel.initialize_distributed("maybe")

@@ -104,6 +104,7 @@ class Progress:
                  workdir: pathlib.Path, every: int):
         self.name, self.total, self.batch, self.every = name, total_steps, batch_size, every
         self.metrics_file = workdir / "metrics.jsonl"
+        self.is_writer = jax.process_index() == 0  # Only process 0 prints and writes.
         self.start = self.last = time.perf_counter()
         self.last_step = 0
 
@@ -118,6 +119,8 @@ class Progress:
         rate = (step - self.last_step) * self.batch / max(now - self.last, 1e-9)
         eta = (self.total - step) * self.batch / max(rate, 1e-9)
         self.last, self.last_step = now, step
+        if not self.is_writer:
+            return
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"[{self.name}] step {step}/{self.total} {shown} {rate:.0f} ex/s "
               f"ETA {eta:.0f}s", file=sys.stderr, flush=True)

@@ -48,3 +48,17 @@ def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir):
     assert not (workdir / "pretrain" / "export").exists()
     resumed = run_main(workdir, data_dir, *OVERRIDES)
     assert resumed.returncode == 0 and f"resuming from step {step}" in resumed.stderr
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    proc = run_main(workdir, data_dir, *OVERRIDES, "--config.log_every=100",
+                    "--config.pretrain.learning_rate=1e38")
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cmcd_jax: error: [pretrain] non-finite metrics at step ")
+    failed_at = int(last.split("at step ")[1].split(":")[0])
+    saved = sorted(int(p.name) for p in (workdir / "pretrain" / "ckpt").iterdir()
+                   if p.name.isdigit())
+    assert all(step < failed_at for step in saved)
+    assert not (workdir / "pretrain" / "export").exists()

@@ -108,8 +108,10 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.last_step = 0
 
-    def __call__(self, step: int, metrics: dict) -> None:
-        if step % self.every and step != self.total:
+    def __call__(self, step: int, metrics: dict, force: bool = False) -> None:
+        """Logs every `every` steps, at the end, and when forced; a non-finite metric
+        raises FloatingPointError naming the step."""
+        if step % self.every and step != self.total and not force:
             return
         metrics = {k: float(v) for k, v in metrics.items()}
         if not all(map(math.isfinite, metrics.values())):
@@ -199,8 +201,8 @@ def train(state: TrainState, step_fn: Callable, batches, num_steps: int, mesh,
         for i in range(int(state.step), num_steps):
             batch = parallel.to_global(next(batches), mesh)
             state, metrics = step_fn(state, *extra_args, batch)
-            progress(i + 1, metrics)
             final = i + 1 == num_steps or stop.is_set()
+            progress(i + 1, metrics, force=final or manager.should_save(i + 1))
             checkpoints.save_train(manager, i + 1, state, batches, force=final)
             if stop.is_set() and i + 1 < num_steps:
                 manager.wait_until_finished()

@@ -7,10 +7,13 @@ step, config hash). `meta.json` is written last, so its presence marks a complet
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 META_FILE = "meta.json"
@@ -66,6 +69,14 @@ def restore_encoder(directory: str | pathlib.Path, abstract_variables):
         return ckptr.restore(path, abstract_variables)
 
 
+def fingerprint(tree) -> str:
+    """sha256 over every leaf's bytes: tells a faithfully restored state from garbage."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def train_checkpoints(directory: str | pathlib.Path, every: int,
                       keep: int) -> ocp.CheckpointManager:
     """A manager of periodic train-state + data-iterator checkpoints under `directory`."""
@@ -75,30 +86,44 @@ def train_checkpoints(directory: str | pathlib.Path, every: int,
     return ocp.CheckpointManager(
         pathlib.Path(directory).absolute(), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "fingerprint": ocp.JsonCheckpointHandler()})
 
 
 def save_train(manager: ocp.CheckpointManager, step: int, state, iterator,
                force: bool = False) -> None:
-    """Saves the train state and the grain iterator's position together (if due or forced)."""
+    """Saves the train state, its fingerprint and the grain iterator's position together."""
     import grain
 
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)),
-        force=force)
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
+        fingerprint=ocp.args.JsonSave({"sha256": fingerprint(state)})), force=force)
 
 
 def restore_train(manager: ocp.CheckpointManager, state, iterator):
-    """The latest checkpointed state (restored into `state`'s shardings, and the iterator
-    moved to its saved position), or `state` unchanged when there is none."""
+    """The latest intact checkpointed state (in `state`'s shardings, with the iterator moved
+    to its saved position), or `state` itself when there is none.
+
+    A damaged checkpoint (unreadable, or whose contents no longer match the fingerprint
+    taken when it was saved) is reported and skipped for the one before it.
+    """
     import grain
 
-    step = manager.latest_step()
-    if step is None:
-        return state
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
-    return restored["state"]
+    start = iterator.get_state()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract),
+                data=grain.checkpoint.CheckpointRestore(iterator),
+                fingerprint=ocp.args.JsonRestore()))
+            if fingerprint(restored["state"]) != restored["fingerprint"]["sha256"]:
+                raise ValueError("its contents do not match the fingerprint saved with it")
+            return restored["state"]
+        except Exception as e:  # noqa: BLE001 -- any failure to read means damage.
+            reason = " ".join(str(e).split())[:200]
+            print(f"checkpoint {manager.directory}/{step} is damaged ({reason}); "
+                  f"falling back to an earlier one", file=sys.stderr)
+    iterator.set_state(start)
+    return state

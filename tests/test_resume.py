@@ -5,6 +5,7 @@ import signal
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from conftest import run_main, start_main, wait_for_step
 
@@ -17,9 +18,24 @@ def exported_params(workdir, stage):
         return jax.tree.leaves(ckptr.restore(workdir / stage / "export" / "variables"))
 
 
-def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_dir):
-    reference = run_main(tmp_path / "reference", data_dir, *OVERRIDES)
-    assert reference.returncode == 0, reference.stderr[-3000:]
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """An uninterrupted run's workdir."""
+    workdir = tmp_path_factory.mktemp("reference") / "run"
+    proc = run_main(workdir, data_dir, *OVERRIDES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+def assert_same_exports(workdir_a, workdir_b, stages=("pretrain", "distill/cmc")):
+    for stage in stages:
+        for a, b in zip(exported_params(workdir_a, stage), exported_params(workdir_b, stage),
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_dir,
+                                                                 reference):
 
     workdir = tmp_path / "killed"
     proc = start_main(workdir, data_dir, *OVERRIDES)
@@ -29,18 +45,12 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_d
     resumed = run_main(workdir, data_dir, *OVERRIDES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[pretrain] resuming from step" in resumed.stderr
-    for stage in ("pretrain", "distill/cmc"):
-        for a, b in zip(exported_params(tmp_path / "reference", stage),
-                        exported_params(workdir, stage), strict=True):
-            np.testing.assert_array_equal(a, b)
+    assert_same_exports(reference, workdir)
 
 
 def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    proc = start_main(workdir, data_dir, *OVERRIDES)
-    wait_for_step(workdir / "pretrain" / "metrics.jsonl", 4, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
+    stop_after(workdir, data_dir, 4)
     log = (tmp_path / "run.log").read_text()
     assert "stopped by SIGTERM after step" in log and "rerun the same command" in log
     step = int(log.split("stopped by SIGTERM after step ")[1].split(";")[0])
@@ -62,3 +72,36 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path
                    if p.name.isdigit())
     assert all(step < failed_at for step in saved)
     assert not (workdir / "pretrain" / "export").exists()
+
+
+def stop_after(workdir, data_dir, step):
+    """Runs until `step`, then SIGTERM: the run saves a checkpoint and exits 0."""
+    proc = start_main(workdir, data_dir, *OVERRIDES)
+    wait_for_step(workdir / "pretrain" / "metrics.jsonl", step, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+
+
+@pytest.mark.parametrize("damage", ["flip_bytes", "truncate"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir,
+                                                                  reference, damage):
+    workdir = tmp_path / "run"
+    stop_after(workdir, data_dir, 7)
+    ckpt = workdir / "pretrain" / "ckpt"
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert len(steps) == 2
+    files = [p for p in (ckpt / str(steps[-1]) / "state").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+    biggest.write_bytes(bytes(data))
+
+    resumed = run_main(workdir, data_dir, *OVERRIDES)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"checkpoint {ckpt}/{steps[-1]} is damaged" in resumed.stderr
+    assert f"[pretrain] resuming from step {steps[0]}" in resumed.stderr
+    assert_same_exports(reference, workdir)

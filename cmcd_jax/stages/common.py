@@ -108,15 +108,19 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.last_step = 0
 
-    def __call__(self, step: int, metrics: dict, force: bool = False) -> None:
-        """Logs every `every` steps, at the end, and when forced; a non-finite metric
-        raises FloatingPointError naming the step."""
-        if step % self.every and step != self.total and not force:
-            return
+    def check_finite(self, step: int, metrics: dict) -> dict:
+        """The metrics as floats; FloatingPointError naming the step if one is not finite."""
         metrics = {k: float(v) for k, v in metrics.items()}
         if not all(map(math.isfinite, metrics.values())):
             raise FloatingPointError(f"[{self.name}] non-finite metrics at step {step}: "
                                      f"{metrics}")
+        return metrics
+
+    def __call__(self, step: int, metrics: dict) -> None:
+        """Logs (and checks) the metrics every `every` steps and at the end."""
+        if step % self.every and step != self.total:
+            return
+        metrics = self.check_finite(step, metrics)
         now = time.perf_counter()
         rate = (step - self.last_step) * self.batch / max(now - self.last, 1e-9)
         eta = (self.total - step) * self.batch / max(rate, 1e-9)
@@ -201,9 +205,11 @@ def train(state: TrainState, step_fn: Callable, batches, num_steps: int, mesh,
         for i in range(int(state.step), num_steps):
             batch = parallel.to_global(next(batches), mesh)
             state, metrics = step_fn(state, *extra_args, batch)
+            progress(i + 1, metrics)
             final = i + 1 == num_steps or stop.is_set()
-            progress(i + 1, metrics, force=final or manager.should_save(i + 1))
-            checkpoints.save_train(manager, i + 1, state, batches, force=final)
+            if final or manager.should_save(i + 1):  # Only finite states are saved.
+                progress.check_finite(i + 1, metrics)
+                checkpoints.save_train(manager, i + 1, state, batches, force=final)
             if stop.is_set() and i + 1 < num_steps:
                 manager.wait_until_finished()
                 raise Preempted(f"[{progress.name}] stopped by SIGTERM after step {i + 1}; "

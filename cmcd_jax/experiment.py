@@ -11,7 +11,7 @@ import sys
 
 import jax
 
-from cmcd_jax import parallel
+from cmcd_jax import checkpoints, parallel
 from cmcd_jax.data import shapes
 from cmcd_jax.stages import distill, downstream, pretrain
 
@@ -37,6 +37,14 @@ def check_config(config) -> None:
         if config.data[key] not in shapes.MODALITIES:
             raise ValueError(f"config.data.{key}={config.data[key]!r}; valid: "
                              f"{', '.join(shapes.MODALITIES)}")
+
+
+def check_teacher(teacher_dir: pathlib.Path, config) -> None:
+    """The teacher export must exist and encode the source modality."""
+    meta = checkpoints.read_meta(teacher_dir)
+    if meta["modality"] != config.data.source:
+        raise ValueError(f"teacher export {teacher_dir} encodes {meta['modality']!r}, but "
+                         f"config.data.source={config.data.source!r}")
 
 
 def claim_workdir(config, workdir: pathlib.Path) -> None:
@@ -72,7 +80,9 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     claim_workdir(config, workdir)
     mesh = parallel.make_mesh(config.parallel.num_devices)
     sources = shapes.load_shapes(config.data.config_name, config.data.data_dir)
-    teacher_dir = pretrain.run(config, workdir, sources, mesh)
+    teacher_dir = (pathlib.Path(config.distill.teacher_export) if config.distill.teacher_export
+                   else pretrain.run(config, workdir, sources, mesh))
+    check_teacher(teacher_dir, config)
     data = downstream.load_eval_data(config, sources)
     methods = {}
     for method in method_list(config):

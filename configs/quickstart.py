@@ -25,11 +25,12 @@ def get_config():
     c.dataset = "cmcd_shapes"
     c.data = dict(config_name="32", data_dir="", source="image", target="sketch")
     c.methods = "cmc,cmd,l2,target_only,random_init"  # comma-separated
-    c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(32, 64, 128),
+    c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(16, 32, 64),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
-    c.pretrain = stage(600, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
-    c.distill = stage(500, 128, 2e-3)
+    c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
+    c.distill = stage(400, 128, 2e-3,
+                      teacher_export="")  # a path: use that export as teacher, skip step 1
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
     c.target_only = stage(300, 64, 2e-3)

@@ -61,3 +61,20 @@ def test_bad_value_type_names_the_flag(tmp_path, data_dir):
     proc = run_main(tmp_path / "run", data_dir, "--config.distill.steps=many")
     assert proc.returncode != 0
     assert "--config.distill.steps=many" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_teacher_from_another_workdir_skips_pretraining(tmp_path, data_dir):
+    first = run_main(tmp_path / "a", data_dir, "--config.methods=random_init")
+    assert first.returncode == 0, first.stderr[-3000:]
+    teacher = tmp_path / "a" / "pretrain" / "export"
+    second = run_main(tmp_path / "b", data_dir, "--config.methods=cmc",
+                      f"--config.distill.teacher_export={teacher}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[pretrain]" not in second.stderr and "[distill/cmc] step 10/10" in second.stderr
+    assert not (tmp_path / "b" / "pretrain").exists()
+
+    wrong = run_main(tmp_path / "c", data_dir, "--config.methods=cmc", "--config.data.source=depth",
+                     f"--config.distill.teacher_export={teacher}")
+    assert wrong.returncode != 0
+    assert wrong.stderr.strip().splitlines()[-1].endswith(
+        "encodes 'image', but config.data.source='depth'")

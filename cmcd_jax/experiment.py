@@ -33,6 +33,9 @@ def check_config(config) -> None:
                          f"valid: {', '.join(METHODS)}")
     if config.dataset != "cmcd_shapes":
         raise ValueError(f"config.dataset={config.dataset!r}; valid: 'cmcd_shapes'")
+    if config.data.source == config.data.target:
+        raise ValueError(f"config.data.source and config.data.target are both "
+                         f"{config.data.source!r}; distillation needs two modalities")
     for key in ("source", "target"):
         if config.data[key] not in shapes.MODALITIES:
             raise ValueError(f"config.data.{key}={config.data[key]!r}; valid: "

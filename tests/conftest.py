@@ -5,11 +5,14 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The command-line tests compile the same programs again and again: share XLA's results.
+COMPILATION_CACHE = tempfile.mkdtemp(prefix="cmcd_jax_xla_cache_")
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +36,8 @@ def main_command(workdir, data_dir, *overrides, devices: int = 1) -> tuple[list,
     """Arguments and environment of `python -m cmcd_jax.main` on the quickstart config
     shrunk to a smoke test."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     args = [sys.executable, "-m", "cmcd_jax.main", "--config=configs/quickstart.py",
             f"--workdir={workdir}", "--config.data.config_name=tiny",
             f"--config.data.data_dir={data_dir}", "--config.log_every=5",

@@ -21,7 +21,13 @@ and a textured background -- and returns paired modalities of the same view:
 Camera: pinhole at the origin looking along +z, image rows top to bottom (+y up),
 horizontal/vertical field of view ``2 * atan(TAN_HALF_FOV)``. Geometry is ray cast
 at ``SUPERSAMPLE`` x the output resolution against implicit surfaces (dense samples
-inside each object's bounding sphere, then regula falsi), and reduced 2x2 per pixel.
+inside each object's bounding sphere, then regula falsi) and reduced per output
+pixel: the image is averaged; a pixel is object (depth < DEPTH_FAR) or main object
+(mask) when at least half of its subsamples are, its depth being the mean over the
+subsamples that hit; a pixel is a stroke when any subsample is.
+
+Output is bit-identical for the same generator state on one machine; numpy's SIMD
+float32 sin/exp may differ in the last bit across CPU types.
 """
 
 import functools

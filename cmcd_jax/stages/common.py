@@ -44,6 +44,21 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+def apply_train_mode(model, params: dict, batch_stats: dict, inputs) -> tuple:
+    """(model outputs, updated BatchNorm stats) of a training-mode forward pass."""
+    outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, inputs,
+                                   train=True, mutable=["batch_stats"])
+    return outputs, updates["batch_stats"]
+
+
+def apply_gradients(state: TrainState, tx: optax.GradientTransformation, grads: dict,
+                    batch_stats: dict) -> TrainState:
+    """One optimizer update of `state` (and its new BatchNorm stats)."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         batch_stats=batch_stats, opt_state=opt_state)
+
+
 def make_optimizer(opt_cfg, steps: int) -> optax.GradientTransformation:
     """AdamW with linear warm-up and cosine decay over `steps`."""
     warmup = min(opt_cfg.warmup_steps, max(steps - 1, 0))

@@ -42,15 +42,12 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
         teacher_out = jax.lax.stop_gradient(projection if use_projection else features)
 
         def loss_of(params):
-            (_, out), updates = student.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch[target],
-                train=True, mutable=["batch_stats"])
-            return loss_fn(out, teacher_out), updates["batch_stats"]
+            (_, out), batch_stats = common.apply_train_mode(student, params, state.batch_stats,
+                                                            batch[target])
+            return loss_fn(out, teacher_out), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=batch_stats, opt_state=opt_state), {"loss": loss}
+        return common.apply_gradients(state, tx, grads, batch_stats), {"loss": loss}
 
     return distill_step
 

@@ -98,16 +98,13 @@ def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str
 
     def supervised_step(state: common.TrainState, batch: dict):
         def loss_of(params):
-            (_, logits), updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, batch[input_key], train=True,
-                mutable=["batch_stats"])
+            (_, logits), batch_stats = common.apply_train_mode(model, params, state.batch_stats,
+                                                               batch[input_key])
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-            return loss.mean(), updates["batch_stats"]
+            return loss.mean(), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=batch_stats, opt_state=opt_state), {"loss": loss}
+        return common.apply_gradients(state, tx, grads, batch_stats), {"loss": loss}
 
     return supervised_step
 

@@ -20,15 +20,12 @@ def make_pretrain_step(model, tx: optax.GradientTransformation, loss_fn):
         views = jnp.concatenate([batch["view1"], batch["view2"]])
 
         def loss_of(params):
-            (_, z), updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                          views, train=True, mutable=["batch_stats"])
-            z1, z2 = jnp.split(z, 2)
-            return loss_fn(z1, z2), updates["batch_stats"]
+            (_, z), batch_stats = common.apply_train_mode(model, params, state.batch_stats,
+                                                          views)
+            return loss_fn(*jnp.split(z, 2)), batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                             batch_stats=batch_stats, opt_state=opt_state), {"loss": loss}
+        return common.apply_gradients(state, tx, grads, batch_stats), {"loss": loss}
 
     return pretrain_step
 

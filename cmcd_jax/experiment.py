@@ -13,6 +13,7 @@ import jax
 
 from cmcd_jax import checkpoints, parallel
 from cmcd_jax.data import shapes
+from cmcd_jax.models import IMAGE_ENCODERS
 from cmcd_jax.stages import distill, downstream, pretrain
 
 BASELINES = ("target_only", "random_init")
@@ -40,6 +41,9 @@ def check_config(config) -> None:
         if config.data[key] not in shapes.MODALITIES:
             raise ValueError(f"config.data.{key}={config.data[key]!r}; valid: "
                              f"{', '.join(shapes.MODALITIES)}")
+    if config.model.encoder not in IMAGE_ENCODERS:
+        raise ValueError(f"config.model.encoder={config.model.encoder!r}; valid: "
+                         f"{', '.join(sorted(IMAGE_ENCODERS))}")
 
 
 def check_teacher(teacher_dir: pathlib.Path, config) -> None:
@@ -58,7 +62,7 @@ def claim_workdir(config, workdir: pathlib.Path) -> None:
     if path.exists() and json.loads(path.read_text()) != json.loads(resolved):
         raise ValueError(f"workdir {workdir} holds a run of a different config ({path}); "
                          f"use another --workdir")
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not path.exists():
         path.write_text(resolved)
 
 
@@ -81,6 +85,12 @@ def run(config, workdir: str | pathlib.Path) -> dict:
     check_config(config)
     parallel.initialize_distributed(config.parallel.distributed)
     claim_workdir(config, workdir)
+    done = workdir / "results.json"
+    if done.exists():
+        results = json.loads(done.read_text())
+        print(f"{workdir} holds a completed run; its results:\n", file=sys.stderr)
+        print(results_table(results))
+        return results
     mesh = parallel.make_mesh(config.parallel.num_devices)
     sources = shapes.load_shapes(config.data.config_name, config.data.data_dir)
     teacher_dir = (pathlib.Path(config.distill.teacher_export) if config.distill.teacher_export

@@ -1,6 +1,9 @@
 """The command line end to end on the tiny dataset: results, rerun, refusals."""
 
 import json
+import shutil
+
+import pytest
 
 from conftest import run_main
 
@@ -23,13 +26,21 @@ def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
     for stage in ("pretrain", "distill/cmc", "distill/l2", "downstream/target_only"):
         assert (workdir / stage / "export" / "meta.json").is_file()
 
-    exported = (workdir / "pretrain/export/meta.json").stat().st_mtime_ns
+    written = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
     second = run_main(workdir, data_dir, "--config.methods=cmc,l2,target_only")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "[pretrain] already done" in second.stderr
-    assert "step 1/" not in second.stderr and "step 5/" not in second.stderr
-    assert (workdir / "pretrain/export/meta.json").stat().st_mtime_ns == exported
-    assert json.loads((workdir / "results.json").read_text()) == results
+    assert "holds a completed run" in second.stderr and "| cmc |" in second.stdout
+    assert "step " not in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == written
+
+    shutil.rmtree(workdir / "distill" / "l2")
+    (workdir / "results.json").unlink()
+    third = run_main(workdir, data_dir, "--config.methods=cmc,l2,target_only")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "[pretrain] already done" in third.stderr and "[distill/cmc] already done" in third.stderr
+    assert "[distill/l2] step 10/10" in third.stderr and "[distill/cmc] step" not in third.stderr
+    assert (workdir / "pretrain/export/meta.json").stat().st_mtime_ns == written[
+        workdir / "pretrain/export/meta.json"]
 
 
 def test_workdir_of_another_config_is_refused(tmp_path, data_dir):
@@ -85,3 +96,17 @@ def test_quickstart_runs_unchanged_on_eight_devices(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["methods"]) == {"cmc", "target_only"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.target=lidar",
+     "config.data.target='lidar'; valid: image, depth, sketch, audio"),
+    ("--config.model.encoder=resnet19",
+     "config.model.encoder='resnet19'; valid: convnet, resnet18"),
+    ("--config.data.target=image", "config.data.source and config.data.target are both"),
+])
+def test_bad_names_are_refused_before_any_work(tmp_path, data_dir, override, message):
+    proc = run_main(tmp_path / "run", data_dir, override)
+    assert proc.returncode != 0
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "pretrain").exists()

@@ -12,6 +12,7 @@ import json
 import pathlib
 import sys
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -80,8 +81,6 @@ def fingerprint(tree) -> str:
 def train_checkpoints(directory: str | pathlib.Path, every: int,
                       keep: int) -> ocp.CheckpointManager:
     """A manager of periodic train-state + data-iterator checkpoints under `directory`."""
-    import grain  # Only the train loop needs grain's iterator-state handler.
-
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every)
     return ocp.CheckpointManager(
         pathlib.Path(directory).absolute(), options=options,
@@ -93,8 +92,6 @@ def train_checkpoints(directory: str | pathlib.Path, every: int,
 def save_train(manager: ocp.CheckpointManager, step: int, state, iterator,
                force: bool = False) -> None:
     """Saves the train state, its fingerprint and the grain iterator's position together."""
-    import grain
-
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
         fingerprint=ocp.args.JsonSave({"sha256": fingerprint(state)})), force=force)
@@ -107,8 +104,6 @@ def restore_train(manager: ocp.CheckpointManager, state, iterator):
     A damaged checkpoint (unreadable, or whose contents no longer match the fingerprint
     taken when it was saved) is reported and skipped for the one before it.
     """
-    import grain
-
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     start = iterator.get_state()

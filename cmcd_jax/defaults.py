@@ -24,8 +24,13 @@ def default_config() -> ml_collections.ConfigDict:
         dir="",  # paired_folder: the directory holding manifest.csv
         resolution=32,  # real datasets: images and maps resized to this side
         pairing="instance",  # paired_folder: 'instance' (rows) or 'label' (same class)
+        audio_sample_rate=16000,  # paired_folder: .wav files are resampled to this rate
         source="image", target="sketch")
-    c.methods = "cmc,cmd,l2,target_only,random_init"  # comma-separated
+    # Comma-separated; ours: cmc, cmd; baselines: l2, socket, target_only, ssl_target,
+    # random_init.
+    c.methods = "cmc,cmd,l2,target_only,random_init"
+    c.num_seeds = 1  # > 1: every method for seeds seed .. seed+num_seeds-1; mean and std
+    c.gap_levels = ""  # e.g. "0,0.5,1": the gap sweep (target corrupted at each level)
     c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(16, 32, 64),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
@@ -34,8 +39,11 @@ def default_config() -> ml_collections.ConfigDict:
                       teacher_export="")  # a path: use that export as teacher, skip step 1
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
+    c.distill.socket = dict(statistics_weight=1.0)  # weight of the BatchNorm-statistics term
     c.target_only = stage(300, 64, 2e-3)
-    c.downstream = dict(labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
+    c.finetune = stage(300, 64, 1e-3)  # downstream.mode=finetune: encoder + linear head
+    c.downstream = dict(mode="linear",  # 'linear' (frozen encoder) or 'finetune'
+                        labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
                         probe_weight_decay=1e-2)
     c.parallel = dict(num_devices=0,  # 0 = every device of every process
                       distributed="auto")  # jax.distributed.initialize(): auto / on / off

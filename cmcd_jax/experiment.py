@@ -1,24 +1,33 @@
 """The whole CMCD pipeline for one config: pretrain, distil every method, evaluate, report.
 
 `run(config, workdir)` is what `python -m cmcd_jax.main` calls; notebooks can call it too.
+The step-1 teacher is trained once and shared by every method and seed. With
+`num_seeds` > 1 each seed's stages live in `workdir/seed_<s>/` and the results report
+the mean and std over seeds; with `gap_levels` each corruption level of the target lives in
+`workdir/gap_<level>/`, and the results relate the probe's error to the measured distance.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import pathlib
+import shutil
 import sys
 
 import jax
+import ml_collections
+import numpy as np
 
 from cmcd_jax import checkpoints, parallel
-from cmcd_jax.data import shapes
+from cmcd_jax.analysis import plots
+from cmcd_jax.data import sources
 from cmcd_jax.models import IMAGE_ENCODERS
 from cmcd_jax.stages import distill, downstream, pretrain
 
-BASELINES = ("target_only", "random_init")
+BASELINES = ("target_only", "ssl_target", "random_init")
 METHODS = (*distill.METHODS, *BASELINES)
-METRICS = ("probe_top1", "retrieval_top1")
+METRICS = ("probe_top1", "retrieval_top1", "tv_lower", "mmd")
 
 
 def method_list(config) -> list[str]:
@@ -26,24 +35,35 @@ def method_list(config) -> list[str]:
     return [m.strip() for m in config.methods.split(",") if m.strip()]
 
 
+def gap_levels(config) -> list[float]:
+    """`config.gap_levels` ('0,0.5,1') as floats in [0, 1]; empty: no sweep."""
+    try:
+        levels = [float(x) for x in config.gap_levels.split(",") if x.strip()]
+    except ValueError:
+        levels = [-1.0]
+    if any(not 0.0 <= x <= 1.0 for x in levels):
+        raise ValueError(f"config.gap_levels={config.gap_levels!r}: give comma-separated "
+                         f"levels in [0, 1], e.g. '0,0.5,1'")
+    return levels
+
+
 def check_config(config) -> None:
     """Fails early, naming the key, on values no stage could run with."""
     unknown = [m for m in method_list(config) if m not in METHODS]
-    if unknown:
+    if unknown or not method_list(config):
         raise ValueError(f"config.methods: unknown method(s) {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(METHODS)}")
-    if config.dataset != "cmcd_shapes":
-        raise ValueError(f"config.dataset={config.dataset!r}; valid: 'cmcd_shapes'")
-    if config.data.source == config.data.target:
-        raise ValueError(f"config.data.source and config.data.target are both "
-                         f"{config.data.source!r}; distillation needs two modalities")
-    for key in ("source", "target"):
-        if config.data[key] not in shapes.MODALITIES:
-            raise ValueError(f"config.data.{key}={config.data[key]!r}; valid: "
-                             f"{', '.join(shapes.MODALITIES)}")
     if config.model.encoder not in IMAGE_ENCODERS:
         raise ValueError(f"config.model.encoder={config.model.encoder!r}; valid: "
                          f"{', '.join(sorted(IMAGE_ENCODERS))}")
+    if config.downstream.mode not in downstream.PROBE_MODES:
+        raise ValueError(f"config.downstream.mode={config.downstream.mode!r}; valid: "
+                         f"{', '.join(downstream.PROBE_MODES)}")
+    if config.num_seeds < 1:
+        raise ValueError(f"config.num_seeds={config.num_seeds}; it must be >= 1")
+    gap_levels(config)
+    if config.data.dir and not pathlib.Path(config.data.dir).is_dir():
+        raise ValueError(f"config.data.dir={config.data.dir!r}: no such directory")
 
 
 def check_teacher(teacher_dir: pathlib.Path, config) -> None:
@@ -54,37 +74,166 @@ def check_teacher(teacher_dir: pathlib.Path, config) -> None:
                          f"config.data.source={config.data.source!r}")
 
 
-def claim_workdir(config, workdir: pathlib.Path) -> None:
-    """Writes config.json, refusing a workdir that holds a run of a different config."""
+def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> None:
+    """Writes config.json, refusing a workdir that holds a run of a different config unless
+    `overwrite`, which deletes that run first."""
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     resolved = config.to_json(sort_keys=True, indent=2)
     if path.exists() and json.loads(path.read_text()) != json.loads(resolved):
-        raise ValueError(f"workdir {workdir} holds a run of a different config ({path}); "
-                         f"use another --workdir")
+        if not overwrite:
+            raise ValueError(f"workdir {workdir} holds a run of a different config ({path}); "
+                             f"use another --workdir, or --overwrite to delete that run")
+        if jax.process_index() == 0:
+            print(f"deleting the run of another config in {workdir} (--overwrite)",
+                  file=sys.stderr)
+            for child in workdir.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     if jax.process_index() == 0 and not path.exists():
         path.write_text(resolved)
 
 
+def cell(value, scale: float = 100, digits: int = 1) -> str:
+    """A table cell: `value` x `scale` (percent by default), '-' when missing."""
+    return "-" if value is None else f"{scale * value:.{digits}f}"
+
+
+def metric_cell(row: dict, key: str) -> str:
+    """'mean ± std' of one metric: percent, except the MMD (a squared kernel distance)."""
+    scale, digits = (1, 4) if key == "mmd" else (100, 1)
+    std = row.get(key + "_std")
+    return cell(row.get(key), scale, digits) + ("" if std is None else
+                                                f" ± {cell(std, scale, digits)}")
+
+
 def results_table(results: dict) -> str:
-    """results.json as a Markdown table (percentages)."""
+    """results.json as Markdown tables (mean ± std over seeds)."""
     lines = [f"# {results['dataset']}: {results['source']} -> {results['target']}", "",
-             "| method | " + " | ".join(METRICS) + " |",
-             "|---|" + "---|" * len(METRICS)]
+             f"Seeds: {', '.join(map(str, results.get('seeds', [results.get('seed')])))}",
+             "",
+             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
     for method, row in results["methods"].items():
-        cells = ["-" if row.get(k) is None else f"{100 * row[k]:.1f}" for k in METRICS]
+        cells = [metric_cell(row, k) for k in METRICS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     ref = results["reference"]["source_probe_top1"]
-    lines += ["", f"Reference: the teacher's probe on the source modality: {100 * ref:.1f}"]
+    lines += ["", f"Reference: the teacher's probe on the source modality: {cell(ref)}"]
+    if "sweep" in results:
+        lines += ["", "## Gap sweep: target corrupted at each level", "",
+                  "| level | method | tv_lower | mmd | probe_top1 | error |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {p['level']} | {p['method']} | {cell(p['tv_lower'])} | "
+                  f"{cell(p['mmd'], scale=1, digits=4)} | {cell(p['probe_top1'])} | "
+                  f"{cell(p['error'])} |" for p in results["sweep"]]
+        lines += [""] + [f"Spearman (error vs tv_lower), {m}: {r['tv_lower']}; "
+                         f"(error vs mmd): {r['mmd']}" for m, r in results["spearman"].items()]
     return "\n".join(lines) + "\n"
 
 
-def run(config, workdir: str | pathlib.Path) -> dict:
+def with_seed(config, seed: int) -> ml_collections.ConfigDict:
+    """A copy of `config` with another seed."""
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.seed = seed
+    return copy
+
+
+def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources.Dataset,
+                    data: dict, mesh, teacher_dir: pathlib.Path) -> dict:
+    """Trains what `method` needs (skipping finished stages) and returns its metrics row."""
+    row = dict.fromkeys(("probe_top1", "retrieval_top1", "tv_lower", "tv_lower_ci", "mmd",
+                         "mmd_p_value"))
+    if method == "target_only":
+        row["probe_top1"] = downstream.run_supervised(config, method, workdir, dataset, data,
+                                                      mesh)
+    elif method == "random_init":
+        row["probe_top1"] = downstream.evaluate_random_init(config, dataset, data)
+    elif method == "ssl_target":
+        encoder = pretrain.run(config, workdir, dataset, mesh, modality=config.data.target,
+                               name="ssl_target")
+        row["probe_top1"] = downstream.evaluate_encoder(config, method, encoder, workdir,
+                                                        dataset, data, mesh)
+    else:
+        student = distill.run(config, method, workdir, dataset, mesh, teacher_dir)
+        row["probe_top1"] = downstream.evaluate_encoder(config, method, student, workdir,
+                                                        dataset, data, mesh)
+        row.update(downstream.shared_space_metrics(config, student, teacher_dir, data, mesh))
+    return row
+
+
+def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+                teacher_dir: pathlib.Path) -> dict:
+    """{method: metrics row} of one seed."""
+    data = downstream.load_eval_data(config, dataset)
+    rows = {}
+    for method in method_list(config):
+        rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
+                                       teacher_dir)
+        print(f"[downstream/{method}] seed {config.seed}: {rows[method]}", file=sys.stderr,
+              flush=True)
+    return rows
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Per method: each metric's mean and std over seeds (None where no seed has it)."""
+    methods = {}
+    for method in per_seed[0]:
+        rows = [seed_rows[method] for seed_rows in per_seed]
+        out = {}
+        for key in rows[0]:
+            values = [r[key] for r in rows if r[key] is not None]
+            if values and not isinstance(values[0], list):
+                out[key] = float(np.mean(values))
+                out[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            else:
+                out[key] = values[0] if len(rows) == 1 and values else None
+        methods[method] = {**out, "per_seed": rows}
+    return methods
+
+
+def run_seeds(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+              teacher_dir: pathlib.Path) -> dict:
+    """Every method for every seed; aggregated rows."""
+    seeds = [config.seed + k for k in range(config.num_seeds)]
+    per_seed = [run_methods(with_seed(config, s), workdir if len(seeds) == 1
+                            else workdir / f"seed_{s}", dataset, mesh, teacher_dir)
+                for s in seeds]
+    return aggregate(per_seed)
+
+
+def spearman(x: list, y: list) -> float | None:
+    """Spearman's rank correlation of the points where both are known (None if undefined)."""
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
+    rho = plots.spearman(*zip(*pairs)) if len(pairs) >= 3 else math.nan
+    return None if math.isnan(rho) else rho
+
+
+def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+                  teacher_dir: pathlib.Path, levels: list[float]) -> dict:
+    """Every method at every corruption level of the target; error against distance."""
+    points, by_level = [], {}
+    for level in levels:
+        corrupted = sources.with_corrupted_target(dataset, config.data.target, level,
+                                                  config.seed)
+        by_level[level] = run_seeds(config, workdir / f"gap_{level:g}", corrupted, mesh,
+                                    teacher_dir)
+        for method, row in by_level[level].items():
+            error = None if row["probe_top1"] is None else 1.0 - row["probe_top1"]
+            points.append({"level": level, "method": method, "tv_lower": row["tv_lower"],
+                           "mmd": row["mmd"], "probe_top1": row["probe_top1"],
+                           "error": error})
+    correlations = {
+        m: {d: spearman([p[d] for p in points if p["method"] == m],
+                        [p["error"] for p in points if p["method"] == m])
+            for d in ("tv_lower", "mmd")}
+        for m in method_list(config) if m in distill.METHODS}
+    return {"methods": by_level[levels[0]], "sweep": points, "spearman": correlations}
+
+
+def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
     """Runs every stage the config asks for (skipping completed ones) and writes results."""
     workdir = pathlib.Path(workdir)
     check_config(config)
     parallel.initialize_distributed(config.parallel.distributed)
-    claim_workdir(config, workdir)
+    claim_workdir(config, workdir, overwrite)
     done = workdir / "results.json"
     if done.exists():
         results = json.loads(done.read_text())
@@ -92,28 +241,46 @@ def run(config, workdir: str | pathlib.Path) -> dict:
         print(results_table(results))
         return results
     mesh = parallel.make_mesh(config.parallel.num_devices)
-    sources = shapes.load_shapes(config.data.config_name, config.data.data_dir)
+    dataset = sources.load_dataset(config)
     teacher_dir = (pathlib.Path(config.distill.teacher_export) if config.distill.teacher_export
-                   else pretrain.run(config, workdir, sources, mesh))
+                   else pretrain.run(config, workdir, dataset, mesh))
     check_teacher(teacher_dir, config)
-    data = downstream.load_eval_data(config, sources)
-    methods = {}
-    for method in method_list(config):
-        if method == "target_only":
-            methods[method] = downstream.run_target_only(config, workdir, sources, data, mesh)
-        elif method == "random_init":
-            methods[method] = downstream.evaluate_random_init(config, data)
-        else:
-            student_dir = distill.run(config, method, workdir, sources, mesh, teacher_dir)
-            methods[method] = downstream.evaluate_student(config, student_dir, teacher_dir,
-                                                          data, mesh)
-        print(f"[downstream/{method}] {methods[method]}", file=sys.stderr, flush=True)
+    levels = gap_levels(config)
     results = {"dataset": config.dataset, "source": config.data.source,
-               "target": config.data.target, "seed": config.seed, "methods": methods,
-               "reference": {"source_probe_top1": downstream.evaluate_teacher(
-                   config, teacher_dir, sources, data, mesh)}}
+               "target": config.data.target,
+               "seeds": [config.seed + k for k in range(config.num_seeds)]}
+    if levels:
+        results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels))
+    else:
+        results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir)
+    reference = downstream.evaluate_teacher(
+        config, teacher_dir, downstream.load_eval_data(config, dataset), mesh)
+    results["reference"] = {"source_probe_top1": reference}
     if jax.process_index() == 0:
+        draw_figures(config, workdir, dataset, results)
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
         (workdir / "results.md").write_text(results_table(results))
         print(results_table(results))
     return results
+
+
+def draw_figures(config, workdir: pathlib.Path, dataset: sources.Dataset,
+                 results: dict) -> None:
+    """Loss curves, sample pairs, the comparison bars and the gap sweep, in workdir/figures."""
+    figures = workdir / "figures"
+    plots.loss_curves(workdir, figures / "loss_curves.png")
+    source, target = config.data.source, config.data.target
+    if dataset.pairs:
+        shown = (source, target, *(("mask",) if dataset.has_mask else ()))
+        records = dataset.pairs["test"]
+    else:
+        shown, records = (target,), dataset.pools[target]["test"]
+    plots.sample_grid([records[i] for i in range(min(8, len(records)))], shown,
+                      figures / "samples.png")
+    plots.comparison_bars(results["methods"], figures / "comparison.png",
+                          reference=results["reference"]["source_probe_top1"])
+    for distance in ("tv_lower", "mmd") if "sweep" in results else ():
+        points = [{"distance": p[distance], "error": p["error"],
+                   "label": f"{p['method']} @ {p['level']:g}"} for p in results["sweep"]
+                  if p[distance] is not None and p["error"] is not None]
+        plots.error_vs_distance(points, figures / f"error_vs_{distance}.png")

@@ -16,6 +16,9 @@ Notation: ``N`` is the global batch size, ``n`` the local one (``N`` when
 ``axis_name is None``), ``D`` the embedding dimension. Embeddings are
 L2-normalised inside the losses; logits are computed in at least float32.
 
+``socket_statistics_loss`` (the SOCKET baseline's BatchNorm-statistics term) works on
+statistics of the global batch, computed outside any ``shard_map``.
+
 Memory-lean path (``chunk_size``): ``nt_xent``, ``cmc_loss`` and ``cmd_loss`` naively
 materialise ``[n, N]`` logits per device (and as much again in the backward pass).
 With ``chunk_size=c`` the (gathered) columns are streamed in blocks of ``c`` through a
@@ -29,6 +32,7 @@ cmcd_jax.memory_benchmark`` compares the compiled per-device memory of both path
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Callable, Hashable, Optional, Tuple
 
 import jax
@@ -38,7 +42,8 @@ AxisName = Optional[Hashable]
 
 CMD_VARIANTS = ("cross", "within")
 
-__all__ = ["nt_xent", "cmc_loss", "cmd_loss", "l2_align", "CMD_VARIANTS"]
+__all__ = ["nt_xent", "cmc_loss", "cmd_loss", "l2_align", "socket_statistics_loss",
+           "batch_norm_statistics", "CMD_VARIANTS"]
 
 
 def _l2_normalize(x: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -360,3 +365,53 @@ def l2_align(
     diff = prediction - jax.lax.stop_gradient(target).astype(prediction.dtype)
     sq = jnp.sum(diff * diff, axis=tuple(range(1, diff.ndim)))
     return _mean(sq, axis_name)
+
+
+def batch_norm_statistics(old_stats: Any, new_stats: Any, momentum: float) -> list:
+    """Each BatchNorm layer's batch ``(mean, var)``, recovered from one training-mode update.
+
+    A layer updates ``running = momentum * running + (1 - momentum) * batch``, so the batch
+    statistic is ``(new - momentum * old) / (1 - momentum)``. ``old_stats``/``new_stats``
+    are ``batch_stats`` trees before and after the forward pass; one pair per layer, in
+    flattening order.
+    """
+    def batch_value(old, new):
+        return (new - momentum * old) / (1.0 - momentum)
+    recovered = jax.tree.map(batch_value, old_stats, new_stats)
+    return statistics_pairs(recovered)
+
+
+def statistics_pairs(stats: Any) -> list:
+    """``[(mean, var), ...]`` of every BatchNorm layer of a ``batch_stats`` tree."""
+    layers = []
+
+    def visit(node):
+        if isinstance(node, Mapping) and set(node) == {"mean", "var"}:
+            layers.append((node["mean"], node["var"]))
+        elif isinstance(node, Mapping):
+            for key in sorted(node):
+                visit(node[key])
+    visit(stats)
+    return layers
+
+
+def socket_statistics_loss(student_stats: list, teacher_stats: list) -> jax.Array:
+    """SOCKET's statistics term: mean over layers of ``mean_c (mu_s - mu_t)^2 + (sd_s -
+    sd_t)^2`` between the target batch's BatchNorm statistics and the teacher's stored ones.
+
+    Args:
+      student_stats: ``[(mean [C_l], var [C_l]), ...]`` of the student's batch.
+      teacher_stats: the teacher's running ``(mean, var)`` per layer, same shapes.
+    """
+    if len(student_stats) != len(teacher_stats):
+        raise ValueError(f"the student has {len(student_stats)} BatchNorm layers, the teacher "
+                         f"{len(teacher_stats)}; SOCKET needs the same architecture")
+    terms = []
+    for (mu_s, var_s), (mu_t, var_t) in zip(student_stats, teacher_stats):
+        if mu_s.shape != mu_t.shape:
+            raise ValueError(f"BatchNorm statistics of shape {mu_s.shape} (student) and "
+                             f"{mu_t.shape} (teacher) differ")
+        sd_s = jnp.sqrt(jnp.maximum(var_s, 0.0) + 1e-5)
+        sd_t = jnp.sqrt(jnp.maximum(jax.lax.stop_gradient(var_t), 0.0) + 1e-5)
+        terms.append(jnp.mean((mu_s - jax.lax.stop_gradient(mu_t)) ** 2 + (sd_s - sd_t) ** 2))
+    return jnp.mean(jnp.stack(terms))

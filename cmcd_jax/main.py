@@ -12,6 +12,8 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete a run of a different config found "
+                                "in --workdir instead of refusing to start.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -24,7 +26,7 @@ def main(argv) -> None:
     from cmcd_jax import experiment  # Heavy imports only once the flags are parsed.
     from cmcd_jax.stages.common import Preempted
     try:
-        experiment.run(_CONFIG.value, _WORKDIR.value)
+        experiment.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
     except Preempted as e:
         print(f"cmcd_jax: {e}", file=sys.stderr)
     except USER_ERRORS as e:

@@ -42,12 +42,38 @@ def test_crop_indices_cover_a_square_window_and_flip():
     assert rows.max() - rows.min() == abs(int(cols.max()) - int(cols.min()))
 
 
-def test_to_input_shapes_and_unknown_modality():
+def test_to_input_shapes_depth_validity_and_other_modalities():
     assert pipeline.to_input("sketch", np.zeros((8, 8), np.uint8)).shape == (8, 8, 1)
-    depth = pipeline.to_input("depth", np.arange(64, dtype=np.float32).reshape(8, 8))
-    assert abs(depth.mean()) < 1e-5 and abs(depth.std() - 1) < 1e-3
-    with pytest.raises(ValueError, match="unknown modality 'lidar'; valid: audio"):
-        pipeline.to_input("lidar", np.zeros(3))
+    raw = np.arange(1, 65, dtype=np.float32).reshape(8, 8)
+    raw[0, :3], raw[1, 0] = 0.0, np.nan  # invalid depth pixels
+    depth = pipeline.to_input("depth", raw)[..., 0]
+    valid = np.isfinite(raw) & (raw != 0)
+    expected = (raw[valid] - raw[valid].mean()) / raw[valid].std()
+    np.testing.assert_allclose(depth[valid], expected, atol=1e-5)
+    assert np.all(depth[~valid] == 0)
+    lidar = pipeline.to_input("lidar", np.full((4, 4), 255, np.uint8))
+    assert lidar.shape == (4, 4, 1) and np.all(lidar == 1.0)
+    thermal = np.random.default_rng(0).normal(size=(4, 4, 2)).astype(np.float32)
+    np.testing.assert_array_equal(pipeline.to_input("thermal", thermal), thermal)
+
+
+def test_label_paired_batches_pair_same_class_and_redraw_each_epoch():
+    def record(label, value):
+        return {"label": np.int64(label), "image": np.full((8, 8, 3), value, np.uint8),
+                "audio": np.full((16,), label, np.float32)}
+    targets = [record(i % 2, 0) for i in range(4)]
+    partners = [record(i % 2, 10 * i) for i in range(10)]
+    it = pipeline.label_paired_batches(targets, partners, "image", "audio", 4, seed=0,
+                                       min_scale=1.0)
+    drawn = []
+    for _ in range(6):  # 6 epochs of 4 targets
+        batch = next(it)
+        value = np.round(((batch["image"][:, 0, 0, 0] * 0.25) + 0.5) * 255).astype(int)
+        assert np.all(value // 10 % 2 == np.abs(np.round(batch["audio"][:, 0] / 1.0)) % 2)
+        drawn.append(sorted(value))
+    assert len({tuple(d) for d in drawn}) > 1  # partners are drawn anew
+    with pytest.raises(ValueError, match="class 1 has target records but no 'image'"):
+        next(pipeline.label_paired_batches(targets, partners[::2], "image", "audio", 4, 0))
 
 
 def test_few_shot_indices_pick_per_class():

@@ -16,18 +16,27 @@ SPATIAL = ("image", "sketch", "depth", "mask")
 
 
 def to_input(modality: str, value: np.ndarray) -> np.ndarray:
-    """Raw record field -> float32 network input: (H,W,C) for images and maps, (T,) for audio."""
+    """Raw record field -> float32 network input: (H,W,C) for images and maps, (T,) for audio.
+
+    Depth is standardised over its valid pixels (finite, non-zero); invalid ones become 0.
+    Modalities without a rule of their own: uint8 scaled to [0, 1], floats as stored, a
+    channel axis added to 2-D maps.
+    """
     value = np.asarray(value)
-    if modality == "image":
-        return (value.astype(np.float32) / 255.0 - 0.5) / 0.25
-    if modality == "sketch":
-        return value.astype(np.float32)[..., None] / 255.0
-    if modality == "depth":
-        d = value.astype(np.float32)
-        return ((d - d.mean()) / (d.std() + 1e-6))[..., None]
     if modality == "audio":
         return value.astype(np.float32)
-    raise ValueError(f"unknown modality {modality!r}; valid: audio, depth, image, sketch")
+    if modality == "image":
+        x = (value.astype(np.float32) / 255.0 - 0.5) / 0.25
+    elif modality == "depth":
+        x = value.astype(np.float32)
+        valid = np.isfinite(x) & (x != 0)
+        mean, std = (x[valid].mean(), x[valid].std()) if valid.any() else (0.0, 1.0)
+        x = np.where(valid, (x - mean) / (std + 1e-6), 0.0).astype(np.float32)
+    elif value.dtype == np.uint8:
+        x = value.astype(np.float32) / 255.0
+    else:
+        x = value.astype(np.float32)
+    return x[..., None] if x.ndim == 2 else x
 
 
 def first_input(source, modality: str) -> np.ndarray:
@@ -129,6 +138,30 @@ def _subset(ds: grain.MapDataset, indices: Sequence[int]) -> grain.MapDataset:
     return grain.MapDataset.range(len(indices)).map(lambda i: ds[int(indices[i])])
 
 
+def label_paired_batches(targets, partners, source: str, target: str, batch_size: int,
+                         seed: int, *, min_scale: float = 0.3,
+                         shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """Batches pairing every `targets` record with a random `partners` record of the same
+    class (its `source` field), drawn anew each epoch: pairs by label, not by instance."""
+    by_class = class_indices(load_arrays(partners, (), ("label",))["label"])
+
+    def transform(record, rng):
+        label = int(record["label"])
+        if label not in by_class:
+            raise ValueError(f"class {label} has target records but no {source!r} record "
+                             f"to pair with")
+        partner = partners[int(rng.choice(by_class[label]))]
+        return {source: augment(rng, _prepare(partner, [source]), min_scale, 0.0)[source],
+                target: augment(rng, _prepare(record, [target]), min_scale, 0.0)[target]}
+    ds = grain.MapDataset.source(targets).random_map(transform, seed=seed)
+    return _batched(ds, batch_size, seed, shard)
+
+
+def class_indices(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """{class: indices of its records} (unlabelled records, label -1, left out)."""
+    return {int(c): np.flatnonzero(labels == c) for c in np.unique(labels) if c >= 0}
+
+
 def load_arrays(source, modalities: Sequence[str], extra: Sequence[str] = (),
                 indices: Sequence[int] | None = None) -> dict:
     """All (or the given) records, prepared without augmentation, stacked into arrays."""
@@ -140,8 +173,9 @@ def load_arrays(source, modalities: Sequence[str], extra: Sequence[str] = (),
 
 
 def few_shot_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
-    """`per_class` random indices of every class (all of a class when it has fewer)."""
+    """`per_class` random indices of every class (all of a class when it has fewer);
+    unlabelled records (label -1) are never picked."""
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class]
-             for c in np.unique(labels)]
+             for c in np.unique(labels) if c >= 0]
     return np.sort(np.concatenate(picks))

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cmcd_jax.data import render
+from cmcd_jax.data import render, sources
 
 MODALITIES = ("image", "depth", "sketch", "audio")
 
@@ -82,3 +82,11 @@ def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
                          file_format="array_record")
     builder.download_and_prepare()
     return builder.as_data_source()
+
+
+def load_dataset(config_name: str = "32", data_dir: str | None = None) -> sources.Dataset:
+    """`load_shapes` as a `sources.Dataset`: every record pairs all modalities."""
+    return sources.instance_paired(
+        "cmcd_shapes", load_shapes(config_name, data_dir), MODALITIES,
+        num_classes=len(render.CLASS_NAMES), has_mask=True,
+        audio_sample_rate=render.AUDIO_SAMPLE_RATE)

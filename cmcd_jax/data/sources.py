@@ -68,3 +68,100 @@ def instance_paired(name: str, splits: Mapping[str, Any], modalities: tuple[str,
     """A `Dataset` whose every record holds every modality (one source per split)."""
     return Dataset(name, pools={m: dict(splits) for m in modalities}, pairs=dict(splits),
                    **info)
+
+
+def corrupt(modality: str, value: np.ndarray, level: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """`value` with its information degraded by `level` in [0, 1] (0: unchanged).
+
+    sketch: each stroke pixel erased with probability `level`; depth: Gaussian noise of
+    `level` x the map's std on valid pixels; audio: white noise of RMS 3 x `level` x the
+    clip's RMS (SNR -20 log10(3 level) dB); any other modality: Gaussian noise of `level` x
+    its std. The gap sweep uses it to widen the distance between the modalities.
+    """
+    if level <= 0:
+        return value
+    if modality == "sketch":
+        return np.where(rng.random(value.shape) < level, 0, value).astype(value.dtype)
+    x = value.astype(np.float32)
+    if modality == "depth":
+        valid = np.isfinite(x) & (x != 0)
+        scale = x[valid].std() if valid.any() else 0.0
+        return np.where(valid, x + rng.normal(0, level * scale, x.shape), x).astype(np.float32)
+    scale = (3.0 * np.sqrt(np.mean(x ** 2))) if modality == "audio" else x.std()
+    noisy = x + rng.normal(0.0, level * scale, x.shape)
+    if value.dtype == np.uint8:
+        return np.clip(noisy, 0, 255).astype(np.uint8)
+    return noisy.astype(np.float32)
+
+
+class Corrupted(Records):
+    """`records` with field `modality` corrupted at `level`, the same way on every read."""
+
+    def __init__(self, records: Any, modality: str, level: float, seed: int):
+        super().__init__(records)
+        self.modality, self.level, self.seed = modality, level, seed
+
+    def __getitem__(self, index: int) -> dict:
+        record = dict(self.source[int(index)])
+        rng = np.random.default_rng((self.seed, int(index)))
+        record[self.modality] = corrupt(self.modality, np.asarray(record[self.modality]),
+                                        self.level, rng)
+        return record
+
+
+def with_corrupted_target(dataset: Dataset, target: str, level: float, seed: int) -> Dataset:
+    """`dataset` whose `target` records (in pools and pairs) are corrupted at `level`."""
+    if level <= 0:
+        return dataset
+    pools = {m: ({s: Corrupted(r, target, level, seed) for s, r in splits.items()}
+                 if m == target else splits) for m, splits in dataset.pools.items()}
+    pairs = {s: Corrupted(r, target, level, seed) for s, r in dataset.pairs.items()}
+    return dataclasses.replace(dataset, pools=pools, pairs=pairs)
+
+
+def load_dataset(config) -> Dataset:
+    """The `Dataset` that `config.dataset` and `config.data` name (built on first use)."""
+    data = config.data
+    if config.dataset == "cmcd_shapes":
+        from cmcd_jax.data import shapes
+        check_modalities("cmcd_shapes", shapes.MODALITIES, data.source, data.target)
+        dataset = shapes.load_dataset(data.config_name, data.data_dir or None)
+    elif config.dataset == "paired_folder":
+        from cmcd_jax.data import paired_folder
+        if not data.dir:
+            raise ValueError("config.data.dir is empty; paired_folder needs the directory "
+                             "holding manifest.csv")
+        dataset = paired_folder.load_paired_folder(
+            data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
+            pairing=data.pairing, audio_sample_rate=data.audio_sample_rate)
+    else:
+        from cmcd_jax.data import recipes
+        if config.dataset not in recipes.RECIPES:
+            valid = ", ".join(("cmcd_shapes", "paired_folder", *recipes.RECIPES))
+            raise ValueError(f"config.dataset={config.dataset!r}; valid: {valid}")
+        dataset = recipes.RECIPES[config.dataset](data.data_dir or None, data.resolution,
+                                                  data.source, data.target)
+    check_modalities(dataset.name, dataset.modalities, data.source, data.target)
+    check_splits(dataset, data.source, data.target)
+    return dataset
+
+
+def check_modalities(name: str, modalities, source: str, target: str) -> None:
+    """Source and target must be two different modalities of the dataset."""
+    if source == target:
+        raise ValueError(f"config.data.source and config.data.target are both {source!r}; "
+                         f"distillation needs two modalities")
+    for key, modality in (("source", source), ("target", target)):
+        if modality not in modalities:
+            raise ValueError(f"config.data.{key}={modality!r}; valid: "
+                             f"{', '.join(modalities)} ({name})")
+
+
+def check_splits(dataset: Dataset, source: str, target: str) -> None:
+    """Both modalities need a train and a test split."""
+    for modality in (source, target):
+        missing = {"train", "test"} - set(dataset.pools[modality])
+        if missing:
+            raise ValueError(f"{dataset.name}: no {' or '.join(sorted(missing))} split "
+                             f"holding {modality!r}")

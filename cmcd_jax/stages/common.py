@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax import checkpoints, parallel
+from cmcd_jax import checkpoints, parallel, tensorboard
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
 
 
@@ -67,13 +67,14 @@ def make_optimizer(opt_cfg, steps: int) -> optax.GradientTransformation:
     return optax.adamw(schedule, weight_decay=opt_cfg.weight_decay)
 
 
-def encoder_spec(config, modality: str) -> dict:
-    """Name and kwargs of the encoder the config picks for `modality`."""
+def encoder_spec(config, modality: str, dataset) -> dict:
+    """Name and kwargs of the encoder the config picks for `modality` of `dataset`."""
+    kwargs = config.model.encoder_kwargs.to_dict()
     if modality == "audio":
         return {"name": "audio", "kwargs": {
-            "backbone": config.model.encoder,
-            "backbone_kwargs": config.model.encoder_kwargs.to_dict()}}
-    return {"name": config.model.encoder, "kwargs": config.model.encoder_kwargs.to_dict()}
+            "backbone": config.model.encoder, "backbone_kwargs": kwargs,
+            "sample_rate": float(dataset.audio_sample_rate)}}
+    return {"name": config.model.encoder, "kwargs": kwargs}
 
 
 def build_model(spec: dict, head: dict) -> EncoderWithHead:
@@ -112,16 +113,27 @@ def restore_model(directory, mesh) -> tuple[EncoderWithHead, dict, dict]:
     return model, checkpoints.restore_encoder(directory, abstract), meta
 
 
+def with_encoder_of(variables: dict, export_dir: pathlib.Path, mesh) -> dict:
+    """`variables` whose encoder part (params and BatchNorm stats) comes from an export."""
+    _, exported, _ = restore_model(export_dir, mesh)
+    checkpoints.check_shapes(exported["params"]["encoder"], variables["params"]["encoder"],
+                             export_dir)
+    return {collection: {**tree, "encoder": exported[collection]["encoder"]}
+            for collection, tree in variables.items()}
+
+
 class Progress:
-    """Prints step, loss, examples/s and ETA; appends scalars to a metrics.jsonl file."""
+    """Prints step, loss, examples/s and ETA; writes the scalars to `workdir/metrics.jsonl`
+    and to TensorBoard event files in `workdir` (`tensorboard --logdir WORKDIR`)."""
 
     def __init__(self, name: str, total_steps: int, batch_size: int,
                  workdir: pathlib.Path, every: int):
         self.name, self.total, self.batch, self.every = name, total_steps, batch_size, every
-        self.metrics_file = workdir / "metrics.jsonl"
+        self.workdir, self.metrics_file = workdir, workdir / "metrics.jsonl"
         self.is_writer = jax.process_index() == 0  # Only process 0 prints and writes.
         self.start = self.last = time.perf_counter()
         self.last_step = 0
+        self.events = None  # Opened on the first log, so skipped stages leave no file.
 
     def check_finite(self, step: int, metrics: dict) -> dict:
         """The metrics as floats; FloatingPointError naming the step if one is not finite."""
@@ -145,8 +157,12 @@ class Progress:
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         print(f"[{self.name}] step {step}/{self.total} {shown} {rate:.0f} ex/s "
               f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
+        scalars = {**metrics, "examples_per_sec": rate}
         with self.metrics_file.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics, "examples_per_sec": rate}) + "\n")
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.events = self.events or tensorboard.EventWriter(self.workdir)
+        self.events.scalars(scalars, step)
+        self.events.flush()
 
 
 def data_shard() -> tuple[int, int]:
@@ -161,10 +177,12 @@ def per_process_batch(batch_size: int, mesh, key: str) -> int:
 
 def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: dict, head: dict,
                    modality: str, batches: Iterator[dict], example: np.ndarray, stage_cfg,
-                   make_step: Callable, extra_args: tuple = ()) -> pathlib.Path:
-    """Trains a fresh encoder-with-head for `stage_cfg.steps` and exports it.
+                   make_step: Callable, extra_args: tuple = (),
+                   init_encoder: pathlib.Path | None = None) -> pathlib.Path:
+    """Trains an encoder-with-head for `stage_cfg.steps` and exports it.
 
-    `example` is one unbatched input of `modality`, which fixes the parameter shapes.
+    `example` is one unbatched input of `modality`, which fixes the parameter shapes. The
+    encoder starts from the export `init_encoder` (fine-tuning) or from scratch.
 
     A stage whose export is complete is not redone: its directory is returned as is.
     """
@@ -177,6 +195,8 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     example = jnp.asarray(example)[None]
     rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(name.encode()))
     variables = init_variables(model, rng, example)
+    if init_encoder is not None:
+        variables = with_encoder_of(variables, init_encoder, mesh)
     tx = make_optimizer(stage_cfg, stage_cfg.steps)
     state = parallel.replicate(TrainState.create(variables, tx), mesh)
     step_fn = jax.jit(make_step(model, tx), donate_argnums=0,

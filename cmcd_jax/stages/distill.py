@@ -1,4 +1,10 @@
-"""Step 2: cross-modality distillation from the frozen source teacher into a target student."""
+"""Step 2: cross-modality distillation from the frozen source teacher into a target student.
+
+Methods: `cmc` and `cmd` (ours: contrastive, positive and negative correspondence), and the
+baselines `l2` (supervision transfer: regress the teacher's features through a learned
+linear map) and `socket` (`l2` plus matching the target batch's BatchNorm statistics, layer
+by layer, to the teacher's stored running statistics).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,11 @@ import jax
 import optax
 
 from cmcd_jax import losses, parallel
-from cmcd_jax.data import pipeline
+from cmcd_jax.data import pipeline, sources
+from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
 
-METHODS = ("cmc", "cmd", "l2")
+METHODS = ("cmc", "cmd", "l2", "socket")
 
 
 def method_loss(method: str, config, mesh):
@@ -27,15 +34,17 @@ def method_loss(method: str, config, mesh):
             losses.cmd_loss, mesh, student_temperature=cfg.cmd.student_temperature,
             teacher_temperature=cfg.cmd.teacher_temperature, variant=cfg.cmd.variant,
             chunk_size=chunk), True
-    if method == "l2":
+    if method in ("l2", "socket"):
         return parallel.sharded_loss(losses.l2_align, mesh), False
     raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(METHODS)}")
 
 
 def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
-                      use_projection: bool, source: str, target: str):
+                      use_projection: bool, source: str, target: str,
+                      statistics_weight: float = 0.0):
     """A pure step: frozen teacher forward on `batch[source]`, student update on
-    `batch[target]`."""
+    `batch[target]`; `statistics_weight` > 0 adds SOCKET's BatchNorm-statistics term
+    (the student's batch statistics against the teacher's running ones)."""
 
     def distill_step(state: common.TrainState, teacher_variables: dict, batch: dict):
         features, projection = teacher.apply(teacher_variables, batch[source], train=False)
@@ -44,7 +53,15 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
         def loss_of(params):
             (_, out), batch_stats = common.apply_train_mode(student, params, state.batch_stats,
                                                             batch[target])
-            return loss_fn(out, teacher_out), batch_stats
+            loss = loss_fn(out, teacher_out)
+            if statistics_weight:
+                student_stats = losses.batch_norm_statistics(
+                    state.batch_stats["encoder"], batch_stats["encoder"], BN_MOMENTUM)
+                teacher_stats = losses.statistics_pairs(
+                    teacher_variables["batch_stats"]["encoder"])
+                loss += statistics_weight * losses.socket_statistics_loss(student_stats,
+                                                                          teacher_stats)
+            return loss, batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
         return common.apply_gradients(state, tx, grads, batch_stats), {"loss": loss}
@@ -61,23 +78,34 @@ def student_head(use_projection: bool, config, teacher_meta: dict) -> dict:
     return {"kind": "linear", "num_classes": teacher_meta["feature_dim"]}
 
 
-def run(config, method: str, workdir: pathlib.Path, sources: dict, mesh,
+def distill_batches(config, dataset: sources.Dataset, mesh):
+    """Training pairs (source, target): by instance, or by label under label pairing."""
+    cfg, source, target = config.distill, config.data.source, config.data.target
+    batch_size = common.per_process_batch(cfg.batch_size, mesh, "distill.batch_size")
+    if dataset.pairing == "label":
+        return pipeline.label_paired_batches(
+            dataset.pools[target]["train"], dataset.pools[source]["train"], source, target,
+            batch_size, config.seed + 1, min_scale=cfg.min_crop_scale,
+            shard=common.data_shard())
+    return pipeline.paired_batches(
+        dataset.pairs["train"], (source, target), batch_size, config.seed + 1,
+        min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
+
+
+def run(config, method: str, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
         teacher_dir: pathlib.Path) -> pathlib.Path:
     """Distils into the target encoder with `method` unless its export exists."""
-    cfg = config.distill
+    cfg, modality = config.distill, config.data.target
     loss_fn, use_projection = method_loss(method, config, mesh)
     teacher, teacher_variables, teacher_meta = common.restore_model(teacher_dir, mesh)
-    modality = config.data.target
-    batches = pipeline.paired_batches(
-        sources["train"], (config.data.source, modality),
-        common.per_process_batch(cfg.batch_size, mesh, "distill.batch_size"), config.seed + 1,
-        min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
+    weight = cfg.socket.statistics_weight if method == "socket" else 0.0
     return common.fit_and_export(
         f"distill/{method}", workdir / "distill" / method, config, mesh,
-        spec=common.encoder_spec(config, modality),
+        spec=common.encoder_spec(config, modality, dataset),
         head=student_head(use_projection, config, teacher_meta), modality=modality,
-        batches=batches, example=pipeline.first_input(sources["train"], modality),
+        batches=distill_batches(config, dataset, mesh),
+        example=pipeline.first_input(dataset.pools[modality]["train"], modality),
         stage_cfg=cfg, extra_args=(teacher_variables,),
         make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
                                                       use_projection, config.data.source,
-                                                      modality))
+                                                      modality, weight))

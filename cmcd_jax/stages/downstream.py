@@ -1,9 +1,15 @@
 """Step 3: evaluation on the target modality with few labels.
 
-`probe_top1`: a linear classifier trained on frozen encoder features of `labels_per_class`
-labelled train records per class, evaluated on the whole test split. `retrieval_top1`:
-cross-modal retrieval on test pairs: each target query's nearest source embedding (cosine)
-must be its own pair. `target_only` trains the same encoder from scratch on the few labels.
+`probe_top1` (mode `linear`, the default): a linear classifier trained on frozen encoder
+features of `labels_per_class` labelled train records per class, evaluated on every labelled
+test record; mode `finetune`: the encoder and a linear head trained together on those
+records, starting from the evaluated encoder. `retrieval_top1`: cross-modal retrieval on test
+pairs (instance pairing only): each target query's nearest source embedding (cosine) must be
+its own pair. `tv_lower`, `mmd`: the modality distance (`cmcd_jax.analysis`) between the
+teacher's source embeddings and the student's target embeddings of the test split, in the
+space the student was trained to match (L2-normalised). Baselines: `target_only` trains the
+encoder from scratch on the few labels; `random_init` probes a random encoder.
+Every metric a dataset cannot give (no labels, no pairs) is None.
 """
 
 from __future__ import annotations
@@ -15,19 +21,40 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax.data import pipeline
+from cmcd_jax import analysis
+from cmcd_jax.analysis import plots
+from cmcd_jax.data import pipeline, sources
 from cmcd_jax.stages import common
 
+PROBE_MODES = ("linear", "finetune")
 
-def load_eval_data(config, sources: dict) -> dict:
-    """Few labelled train records of the target, and every test pair (source, target, label)."""
-    source, target = config.data.source, config.data.target
-    train_labels = pipeline.load_arrays(sources["train"], (), extra=("label",))["label"]
+
+def labelled(config, dataset: sources.Dataset, modality: str, extra: tuple = ()) -> dict | None:
+    """Few labelled train records of `modality` and every labelled test record, as arrays
+    ({'few_indices', 'train', 'test'}); None for a dataset without labels."""
+    if not dataset.num_classes:
+        return None
+    pool = dataset.pools[modality]
+    train_labels = pipeline.load_arrays(pool["train"], (), ("label",))["label"]
     few = pipeline.few_shot_indices(train_labels, config.downstream.labels_per_class,
                                     config.seed)
+    test_labels = pipeline.load_arrays(pool["test"], (), ("label",))["label"]
+    fields = ("label", *extra)
     return {"few_indices": few,
-            "train": pipeline.load_arrays(sources["train"], (target,), ("label",), few),
-            "test": pipeline.load_arrays(sources["test"], (source, target), ("label",))}
+            "train": pipeline.load_arrays(pool["train"], (modality,), fields, few),
+            "test": pipeline.load_arrays(pool["test"], (modality,), fields,
+                                         np.flatnonzero(test_labels >= 0))}
+
+
+def load_eval_data(config, dataset: sources.Dataset) -> dict:
+    """Labelled target and source records, and every test pair (instance pairing)."""
+    source, target = config.data.source, config.data.target
+    pairs = dataset.pairs.get("test")
+    labels = ("label",) if dataset.num_classes else ()
+    return {"target": labelled(config, dataset, target, ("mask",) if dataset.has_mask else ()),
+            "source": labelled(config, dataset, source),
+            "pairs": None if pairs is None else pipeline.load_arrays(pairs, (source, target),
+                                                                     labels)}
 
 
 def embed(model, variables, inputs: np.ndarray, batch_size: int = 500) -> tuple:
@@ -71,8 +98,10 @@ def retrieval_top1(queries: np.ndarray, keys: np.ndarray) -> float:
     return float(np.mean(np.argmax(q @ k.T, axis=1) == np.arange(len(q))))
 
 
-def probe(config, model, variables, data: dict, modality: str) -> float:
-    """`linear_probe` of `model`'s backbone features for `modality`."""
+def probe(config, model, variables, data: dict | None, modality: str) -> float | None:
+    """`linear_probe` of `model`'s backbone features on labelled `data` of `modality`."""
+    if data is None:
+        return None
     cfg = config.downstream
     train_x, _ = embed(model, variables, data["train"][modality])
     test_x, _ = embed(model, variables, data["test"][modality])
@@ -81,16 +110,43 @@ def probe(config, model, variables, data: dict, modality: str) -> float:
                         weight_decay=cfg.probe_weight_decay)
 
 
-def evaluate_student(config, student_dir: pathlib.Path, teacher_dir: pathlib.Path,
-                     data: dict, mesh) -> dict:
-    """Probe accuracy and cross-modal retrieval of a distilled student."""
-    student, s_vars, _ = common.restore_model(student_dir, mesh)
+def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: pathlib.Path,
+                     dataset: sources.Dataset, data: dict, mesh) -> float | None:
+    """The probe score of an exported target encoder, in `config.downstream.mode`."""
+    if config.downstream.mode == "finetune":
+        return run_supervised(config, name, workdir, dataset, data, mesh,
+                              init_encoder=encoder_dir)
+    model, variables, _ = common.restore_model(encoder_dir, mesh)
+    return probe(config, model, variables, data["target"], config.data.target)
+
+
+def shared_space_metrics(config, student_dir: pathlib.Path, teacher_dir: pathlib.Path,
+                         data: dict, mesh) -> dict:
+    """Retrieval and modality distance between the teacher's source embeddings and the
+    student's target embeddings, in the space the student was trained to match; draws
+    both (PCA, by class) into the student's stage directory."""
+    source, target = config.data.source, config.data.target
+    student, s_vars, s_meta = common.restore_model(student_dir, mesh)
     teacher, t_vars, _ = common.restore_model(teacher_dir, mesh)
-    s_feats, s_out = embed(student, s_vars, data["test"][config.data.target])
-    t_feats, t_proj = embed(teacher, t_vars, data["test"][config.data.source])
-    keys = t_proj if s_out.shape[1] == t_proj.shape[1] else t_feats
-    return {"probe_top1": probe(config, student, s_vars, data, config.data.target),
-            "retrieval_top1": retrieval_top1(s_out, keys)}
+    if data["pairs"] is not None:
+        s_in, t_in, labels = data["pairs"][target], data["pairs"][source], data["pairs"].get(
+            "label")
+    else:
+        s_in, t_in = data["target"]["test"][target], data["source"]["test"][source]
+        labels = None  # Label-paired test sets differ in size and order: no joint picture.
+    _, s_out = embed(student, s_vars, s_in)
+    t_feats, t_proj = embed(teacher, t_vars, t_in)
+    keys = t_proj if s_meta["head"]["kind"] == "projection" else t_feats
+    if labels is not None and jax.process_index() == 0:
+        plots.embedding_projection(normalized(keys), normalized(s_out), labels,
+                                   student_dir.parent / "embeddings.png", names=(source, target))
+    distance = analysis.modality_distance(normalized(keys), normalized(s_out), seed=config.seed)
+    return {"retrieval_top1": None if data["pairs"] is None else retrieval_top1(s_out, keys),
+            **{k: distance[k] for k in ("tv_lower", "tv_lower_ci", "mmd", "mmd_p_value")}}
+
+
+def normalized(x: np.ndarray) -> np.ndarray:
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
 
 
 def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str):
@@ -109,42 +165,46 @@ def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str
     return supervised_step
 
 
-def run_target_only(config, workdir: pathlib.Path, sources: dict, data: dict, mesh) -> dict:
-    """The `target_only` baseline: the target encoder trained from scratch on the few labels."""
-    cfg, modality = config.target_only, config.data.target
-    batch_size = common.per_process_batch(cfg.batch_size, mesh, "target_only.batch_size")
+def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Dataset,
+                   data: dict, mesh, init_encoder: pathlib.Path | None = None) -> float | None:
+    """Test accuracy of the target encoder and a linear head trained on the few labels:
+    from scratch (`target_only`, `config.target_only`) or from an export (fine-tuning,
+    `config.finetune`, in `workdir/downstream/<name>`)."""
+    if data["target"] is None:
+        return None
+    cfg = config.target_only if init_encoder is None else config.finetune
+    key = "target_only" if init_encoder is None else "finetune"
+    modality, records = config.data.target, dataset.pools[config.data.target]["train"]
     batches = pipeline.paired_batches(
-        sources["train"], (modality,), batch_size, config.seed + 2,
-        indices=data["few_indices"], min_scale=cfg.min_crop_scale, jitter=0.0,
-        extra=("label",), shard=common.data_shard())
-    num_classes = int(data["train"]["label"].max()) + 1
+        records, (modality,), common.per_process_batch(cfg.batch_size, mesh, f"{key}.batch_size"),
+        config.seed + 2, indices=data["target"]["few_indices"], min_scale=cfg.min_crop_scale,
+        jitter=0.0, extra=("label",), shard=common.data_shard())
     export_dir = common.fit_and_export(
-        "downstream/target_only", workdir / "downstream" / "target_only", config, mesh,
-        spec=common.encoder_spec(config, modality),
-        head={"kind": "linear", "num_classes": num_classes}, modality=modality,
-        batches=batches, example=pipeline.first_input(sources["train"], modality),
-        stage_cfg=cfg, make_step=lambda model, tx: make_supervised_step(model, tx, modality))
+        f"downstream/{name}", workdir / "downstream" / name, config, mesh,
+        spec=common.encoder_spec(config, modality, dataset),
+        head={"kind": "linear", "num_classes": dataset.num_classes}, modality=modality,
+        batches=batches, example=pipeline.first_input(records, modality), stage_cfg=cfg,
+        make_step=lambda model, tx: make_supervised_step(model, tx, modality),
+        init_encoder=init_encoder)
     model, variables, _ = common.restore_model(export_dir, mesh)
-    _, logits = embed(model, variables, data["test"][modality])
-    return {"probe_top1": float(np.mean(logits.argmax(-1) == data["test"]["label"])),
-            "retrieval_top1": None}
+    test = data["target"]["test"]
+    _, logits = embed(model, variables, test[modality])
+    return float(np.mean(logits.argmax(-1) == test["label"]))
 
 
-def evaluate_random_init(config, data: dict) -> dict:
+def evaluate_random_init(config, dataset: sources.Dataset, data: dict) -> float | None:
     """Sanity reference: the probe on a randomly initialised target encoder."""
+    if data["target"] is None:
+        return None
     modality = config.data.target
-    model = common.build_model(common.encoder_spec(config, modality),
+    model = common.build_model(common.encoder_spec(config, modality, dataset),
                                {"kind": "linear", "num_classes": 1})
-    example = jnp.asarray(data["train"][modality][:1])
+    example = jnp.asarray(data["target"]["train"][modality][:1])
     variables = common.init_variables(model, jax.random.key(config.seed), example)
-    return {"probe_top1": probe(config, model, variables, data, modality),
-            "retrieval_top1": None}
+    return probe(config, model, variables, data["target"], modality)
 
 
-def evaluate_teacher(config, teacher_dir: pathlib.Path, sources: dict, data: dict,
-                     mesh) -> float:
+def evaluate_teacher(config, teacher_dir: pathlib.Path, data: dict, mesh) -> float | None:
     """Reference: the same probe on the teacher's features of the *source* modality."""
     model, variables, _ = common.restore_model(teacher_dir, mesh)
-    source = config.data.source
-    train = pipeline.load_arrays(sources["train"], (source,), ("label",), data["few_indices"])
-    return probe(config, model, variables, {"train": train, "test": data["test"]}, source)
+    return probe(config, model, variables, data["source"], config.data.source)

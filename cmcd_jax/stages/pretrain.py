@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from cmcd_jax import losses, parallel
-from cmcd_jax.data import pipeline
+from cmcd_jax.data import pipeline, sources
 from cmcd_jax.stages import common
 
 
@@ -30,21 +30,22 @@ def make_pretrain_step(model, tx: optax.GradientTransformation, loss_fn):
     return pretrain_step
 
 
-def run(config, workdir: pathlib.Path, sources: dict, mesh) -> pathlib.Path:
-    """Trains the source encoder unless its export exists; returns the export directory."""
-    stage_dir = workdir / "pretrain"
-    cfg, modality = config.pretrain, config.data.source
-    spec = common.encoder_spec(config, modality)
+def run(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+        modality: str | None = None, name: str = "pretrain") -> pathlib.Path:
+    """SimCLR on `modality` (default: the source) unless `workdir/name`'s export exists;
+    returns the export directory. The `ssl_target` baseline runs it on the target."""
+    cfg, modality = config.pretrain, modality or config.data.source
+    records = dataset.pools[modality]["train"]
     head = {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
             "out_dim": config.model.proj_dim}
     batches = pipeline.two_view_batches(
-        sources["train"], modality,
+        records, modality,
         common.per_process_batch(cfg.batch_size, mesh, "pretrain.batch_size"), config.seed,
         min_scale=cfg.min_crop_scale, jitter=cfg.colour_jitter, shard=common.data_shard())
     loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature,
                                     chunk_size=cfg.loss_chunk_size or None)
     return common.fit_and_export(
-        "pretrain", stage_dir, config, mesh, spec=spec, head=head, modality=modality,
-        batches=batches, example=pipeline.first_input(sources["train"], modality),
-        stage_cfg=cfg,
+        name, workdir / name, config, mesh, spec=common.encoder_spec(config, modality, dataset),
+        head=head, modality=modality, batches=batches,
+        example=pipeline.first_input(records, modality), stage_cfg=cfg,
         make_step=lambda model, tx: make_pretrain_step(model, tx, loss_fn))

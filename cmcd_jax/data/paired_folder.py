@@ -1,0 +1,447 @@
+"""Paired folders: the user's own data, built once into a TFDS array_record dataset.
+
+A folder holds `manifest.csv` and the files it names. Its header has `split`, one column per
+modality (`image`, `sketch`, `depth`, `audio` or any other lowercase name), and optionally
+`label` and `mask`. Each further line is one sample: its split (an identifier other than
+`all`; `train` and `test` are required), per modality a path relative to the folder (empty
+when the sample lacks that modality), its label (a class name or a non-negative integer id;
+empty when unlabelled) and its mask.
+
+Files become raw record fields as `cmcd_jax.data.sources` describes them:
+
+    image   .png .jpg .jpeg  -> uint8 (H, W, 3); grayscale replicated to 3 channels
+    sketch  .png .jpg .jpeg  -> uint8 (H, W); colour converted to luminance
+    depth   .npy (H, W)      -> float32 (H, W)
+    mask    .png .npy        -> uint8 (H, W) class map; values must be integers in 0..255
+    other   .png .jpg .jpeg  -> uint8 (H, W, C); .npy -> float32, shape as stored
+    any     .wav             -> float32 (T,) mono in [-1, 1]: 8/16/24/32-bit PCM, channels
+                                averaged, resampled to `audio_sample_rate`, clipped, and
+                                zero-padded to the longest clip of the column in the folder
+
+Every record holds every column (zeros where the cell is empty) with a bool `has_<column>`
+flag, and, when the folder is labelled, `label` (int64, -1 when unlabelled) whose class
+names are the sorted names, or "0".."max" when the labels are integer ids (kept as is).
+A split's records keep the manifest's row order.
+
+The build lives in the TFDS data dir at `paired_folder/<folder name>_<key>/1.0.0`; `key`
+hashes manifest.csv's bytes, the path, size and mtime of every file it names, the audio
+sample rate and `FORMAT`: editing the manifest, replacing or touching a file it names, or
+another rate builds anew (into a new directory; old builds stay until deleted); anything
+else, moving the folder included, reuses the build. Every file is read and checked before anything
+is written, and TFDS writes into a temporary directory renamed only on success.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import math
+import os
+import pathlib
+import re
+import wave
+from collections.abc import Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from scipy import signal
+
+from cmcd_jax.data import sources
+
+MANIFEST = "manifest.csv"
+FORMAT = 1  # Bump whenever files are read differently: every cached build is redone.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+EXTENSIONS = {"image": IMAGE_EXTENSIONS, "sketch": IMAGE_EXTENSIONS, "depth": (".npy",),
+              "audio": (".wav",), "mask": (".png", ".npy")}
+OTHER_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy", ".wav")
+COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]*")
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, wave.Error)
+
+Spec = tuple[tuple[int, ...], np.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One manifest line: its 1-based line number, split, file per column, label id."""
+
+    line: int
+    split: str
+    files: Mapping[str, str]
+    label: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A parsed and checked manifest.csv."""
+
+    path: pathlib.Path
+    modalities: tuple[str, ...]
+    rows: tuple[Row, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(row.split for row in self.rows))
+
+    def split_rows(self, split: str) -> list[Row]:
+        return [row for row in self.rows if row.split == split]
+
+    def file(self, relative: str) -> pathlib.Path:
+        return self.path.parent / relative
+
+
+def manifest_error(path: pathlib.Path, line: int, what: str | None, problem: str
+                   ) -> ValueError:
+    """The error for `what` (a file, a column, a label; None: the row) on line `line` of
+    manifest `path`."""
+    return ValueError(f"{path} row {line}{f', {what}' if what else ''}: {problem}")
+
+
+def _check_header(path: pathlib.Path, header: list[str]) -> None:
+    if "split" not in header:
+        raise manifest_error(path, 1, "header", f"no 'split' column in {header}")
+    for column in header:
+        if header.count(column) > 1:
+            raise manifest_error(path, 1, f"column {column!r}", "appears twice")
+        if not COLUMN_NAME.fullmatch(column) or column.startswith("has_"):
+            raise manifest_error(path, 1, f"column {column!r}",
+                                 "unknown column: modality columns are lowercase "
+                                 "identifiers not starting with 'has_'")
+    if not set(header) - {"split", "label", "mask"}:
+        raise manifest_error(path, 1, "header", "no modality column")
+
+
+def _row_files(path: pathlib.Path, line: int, cells: Mapping[str, str]) -> dict[str, str]:
+    """The row's non-empty file cells, each with an extension valid for its column."""
+    files = {c: v for c, v in cells.items() if c not in ("split", "label") and v}
+    for column, relative in files.items():
+        valid = EXTENSIONS.get(column, OTHER_EXTENSIONS)
+        if os.path.splitext(relative)[1].lower() not in valid:
+            raise manifest_error(path, line, relative,
+                                 f"unknown extension for column {column!r}; valid: "
+                                 f"{', '.join(valid)}")
+    if not set(files) - {"mask"}:
+        raise manifest_error(path, line, None, "the row names no modality file")
+    return files
+
+
+def parse_labels(path: pathlib.Path, cells: list[tuple[int, str]]
+                 ) -> tuple[list[int], tuple[str, ...]]:
+    """Label ids (-1 when empty) and class names: sorted names, or integer ids as is."""
+    given = [(line, text) for line, text in cells if text]
+    if not given:
+        return [-1] * len(cells), ()
+    numeric = [re.fullmatch(r"[+-]?\d+", text) is not None for _, text in given]
+    for (line, text), is_int in zip(given, numeric):
+        if is_int != numeric[0]:
+            raise manifest_error(path, line, f"label {text!r}",
+                                 "labels mix integer ids and class names")
+        if is_int and int(text) < 0:
+            raise manifest_error(path, line, f"label {text!r}", "negative label")
+    if numeric[0]:
+        ids = [int(text) if text else -1 for _, text in cells]
+        return ids, tuple(str(i) for i in range(max(ids) + 1))
+    names = tuple(sorted({text for _, text in given}))
+    index = {name: i for i, name in enumerate(names)}
+    return [index[text] if text else -1 for _, text in cells], names
+
+
+def _parse_row(path: pathlib.Path, line: int, header: list[str], cells: list[str]
+               ) -> tuple[int, str, dict[str, str], str]:
+    """(line, split, files, label text) of one manifest line."""
+    if len(cells) > len(header):
+        raise manifest_error(path, line, None, "more cells than header columns")
+    row = dict(zip(header, (c.strip() for c in cells)))
+    split = row.get("split", "")
+    if not split.isidentifier() or split == "all":
+        raise manifest_error(path, line, None,
+                             f"split {split!r} is not an identifier (or is 'all')")
+    return line, split, _row_files(path, line, row), row.get("label", "")
+
+
+def read_manifest(directory: str | os.PathLike) -> Manifest:
+    """Parses and checks `directory`/manifest.csv (columns, splits, extensions, labels)."""
+    path = pathlib.Path(directory).resolve() / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{path}: no such manifest")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [c.strip() for c in next(reader, [])]
+        _check_header(path, header)
+        raw = [_parse_row(path, reader.line_num, header, cells)
+               for cells in reader if any(c.strip() for c in cells)]
+    labels, names = parse_labels(path, [(line, text) for line, _, _, text in raw])
+    rows = tuple(Row(line, split, files, label)
+                 for (line, split, files, _), label in zip(raw, labels))
+    splits = sorted({row.split for row in rows})
+    for split in ("train", "test"):
+        if split not in splits:
+            raise manifest_error(path, 1, None,
+                                 f"no {split!r} split; splits: {', '.join(splits)}")
+    modalities = tuple(c for c in header if c not in ("split", "label", "mask"))
+    for column in (*modalities, "mask"):
+        if column in header and not any(column in row.files for row in rows):
+            raise manifest_error(path, 1, f"column {column!r}", "names no file")
+    return Manifest(path, modalities, rows, names)
+
+
+def check_request(manifest: Manifest, source: str, target: str, pairing: str) -> None:
+    """Checks that every split can serve `source` -> `target` under `pairing`."""
+    path = manifest.path
+    if pairing not in sources.PAIRINGS:
+        raise ValueError(f"pairing={pairing!r}; valid: {', '.join(sources.PAIRINGS)}")
+    for role, name in (("source", source), ("target", target)):
+        if name not in manifest.modalities:
+            raise manifest_error(path, 1, None,
+                                 f"{role} {name!r} is not a modality column; columns: "
+                                 f"{', '.join(manifest.modalities)}")
+    if source == target:
+        raise ValueError(f"source and target are both {source!r}")
+    if pairing == "label" and not manifest.class_names:
+        raise manifest_error(path, 1, None, "label pairing needs labels; none given")
+    for split in manifest.splits:
+        rows = manifest.split_rows(split)
+        for name in (source, target):
+            if not any(name in row.files for row in rows):
+                raise manifest_error(path, rows[0].line, None,
+                                     f"split {split!r} (from this row on) has no {name!r} "
+                                     "file")
+        if pairing == "instance" and not any(
+                source in row.files and target in row.files for row in rows):
+            raise manifest_error(path, rows[0].line, None,
+                                 f"split {split!r} (from this row on) has no row with both "
+                                 f"{source!r} and {target!r}")
+        for row in rows:
+            if pairing == "label" and row.label < 0 and {source, target} & set(row.files):
+                raise manifest_error(path, row.line, None,
+                                     "label pairing needs every source/target row labelled")
+
+
+def cache_key(manifest: Manifest, audio_sample_rate: int) -> str:
+    """`<folder name>_<hash>` of the manifest, its files' sizes and mtimes, and the rate."""
+    digest = hashlib.sha256(f"{FORMAT} {audio_sample_rate}\n".encode())
+    digest.update(manifest.path.read_bytes())
+    for row in manifest.rows:
+        for relative in row.files.values():
+            file = manifest.file(relative)
+            if not file.is_file():
+                raise manifest_error(manifest.path, row.line, relative, "file not found")
+            stat = file.stat()
+            digest.update(f"{relative} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    folder = re.sub(r"[^a-z0-9]+", "_", manifest.path.parent.name.lower()).strip("_")
+    return f"{folder[:40] or 'folder'}_{digest.hexdigest()[:16]}"
+
+
+def _pcm(data: bytes, width: int) -> np.ndarray:
+    """Little-endian PCM samples of `width` bytes -> float64 in [-1, 1)."""
+    if width == 1:
+        return (np.frombuffer(data, np.uint8) - 128.0) / 128.0
+    if width == 3:
+        padded = np.zeros((len(data) // 3, 4), np.uint8)
+        padded[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
+        return (padded.view("<i4")[:, 0] >> 8) / 2.0 ** 23
+    if width in (2, 4):
+        return np.frombuffer(data, f"<i{width}") / 2.0 ** (8 * width - 1)
+    raise ValueError(f"unsupported sample width: {8 * width} bits")
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A PCM .wav file as mono float64 samples in [-1, 1] (channels averaged) and its rate."""
+    with wave.open(os.fspath(path), "rb") as f:
+        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
+        data = f.readframes(f.getnframes())
+    samples = _pcm(data, width).reshape(-1, channels).mean(axis=1)
+    if not samples.size:
+        raise ValueError("the clip has no samples")
+    return samples, rate
+
+
+def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
+    """`samples` at `rate` -> float32 at `new_rate` (polyphase filter), clipped to [-1, 1]."""
+    if rate != new_rate:
+        g = math.gcd(rate, new_rate)
+        samples = signal.resample_poly(samples, new_rate // g, rate // g)
+    return np.clip(samples, -1.0, 1.0).astype(np.float32)
+
+
+def _class_map(array: np.ndarray) -> np.ndarray:
+    if array.ndim != 2:
+        raise ValueError(f"a mask must be a 2-D class map, not shape {array.shape}")
+    values = array.astype(np.float64)
+    if not (np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= 255):
+        raise ValueError("mask values must be integers in 0..255")
+    return array.astype(np.uint8)
+
+
+def _image(column: str, image: Image.Image) -> np.ndarray:
+    if column == "image":
+        return np.asarray(image.convert("RGB"))
+    if column == "sketch":
+        return np.asarray(image.convert("L"))
+    if column == "mask":
+        return _class_map(np.asarray(image))
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _array(column: str, array: np.ndarray) -> np.ndarray:
+    if column == "mask":
+        return _class_map(array)
+    if column == "depth" and array.ndim != 2:
+        raise ValueError(f"a depth map must be 2-D (H, W), not shape {array.shape}")
+    return array.astype(np.float32)
+
+
+def read_file(column: str, file: pathlib.Path, audio_sample_rate: int) -> np.ndarray:
+    """One file as the raw record field of `column` (see the module docstring), unpadded."""
+    extension = file.suffix.lower()
+    if extension == ".wav":
+        return resample(*read_wav(file), audio_sample_rate)
+    if extension == ".npy":
+        return _array(column, np.load(file, allow_pickle=False))
+    with Image.open(file) as image:
+        return _image(column, image)
+
+
+def _read_checked(manifest: Manifest, row: Row, column: str, relative: str,
+                  audio_sample_rate: int) -> np.ndarray:
+    try:
+        return read_file(column, manifest.file(relative), audio_sample_rate)
+    except READ_ERRORS as e:
+        problem = str(e) or type(e).__name__
+        raise manifest_error(manifest.path, row.line, relative,
+                             f"cannot read as {column!r}: {problem}") from e
+
+
+def infer_specs(manifest: Manifest, audio_sample_rate: int) -> dict[str, Spec]:
+    """Reads every file: each column's (shape, dtype), equal within the column (clips are
+    padded to the longest). Raises on the first unreadable or inconsistent file."""
+    specs: dict[str, Spec] = {}
+    first: dict[str, tuple[Row, str, tuple]] = {}
+    for row in manifest.rows:
+        for column, relative in row.files.items():
+            array = _read_checked(manifest, row, column, relative, audio_sample_rate)
+            clip = relative.lower().endswith(".wav")
+            kind = (array.dtype, "clip" if clip else array.shape)
+            if column not in first:
+                first[column] = (row, relative, kind)
+                specs[column] = (array.shape, array.dtype)
+            elif kind != first[column][2]:
+                row0, relative0, kind0 = first[column]
+                raise manifest_error(manifest.path, row.line, relative,
+                                     f"{column} is {kind[1]} {kind[0]} but {relative0} "
+                                     f"(row {row0.line}) is {kind0[1]} {kind0[0]}")
+            elif clip:
+                specs[column] = ((max(specs[column][0][0], len(array)),), array.dtype)
+    return {c: specs[c] for c in (*manifest.modalities, "mask") if c in specs}
+
+
+def _pad(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.pad(value, [(0, size - n) for size, n in zip(shape, value.shape)])
+
+
+def make_example(manifest: Manifest, row: Row, specs: Mapping[str, Spec],
+                 audio_sample_rate: int) -> dict:
+    """The record of `row`: every column (zeros when absent), its flag, and the label."""
+    example = {}
+    for column, (shape, dtype) in specs.items():
+        relative = row.files.get(column)
+        value = (np.zeros(shape, dtype) if relative is None else
+                 read_file(column, manifest.file(relative), audio_sample_rate))
+        example[column] = _pad(value, shape)
+        example[f"has_{column}"] = relative is not None
+    if manifest.class_names:
+        example["label"] = row.label
+    return example
+
+
+def make_features(specs: Mapping[str, Spec], class_names: tuple[str, ...]
+                  ) -> tfds.features.FeaturesDict:
+    """A fixed-shape Tensor and a bool flag per column, and a ClassLabel when labelled."""
+    features = {}
+    for column, (shape, dtype) in specs.items():
+        features[column] = tfds.features.Tensor(shape=shape, dtype=dtype)
+        features[f"has_{column}"] = tfds.features.Tensor(shape=(), dtype=np.bool_)
+    if class_names:
+        features["label"] = tfds.features.ClassLabel(names=class_names)
+    return tfds.features.FeaturesDict(features)
+
+
+@dataclasses.dataclass(eq=False)
+class PairedFolderConfig(tfds.core.BuilderConfig):
+    """One state of one folder; `specs` is None when only reading an existing build."""
+
+    manifest: Manifest | None = dataclasses.field(default=None, repr=False)
+    audio_sample_rate: int = 16000
+    specs: Mapping[str, Spec] | None = dataclasses.field(default=None, repr=False)
+
+
+class PairedFolder(tfds.core.GeneratorBasedBuilder):
+    """A user's paired folder (see the module docstring), one config per folder state."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        features = (None if cfg.specs is None else
+                    make_features(cfg.specs, cfg.manifest.class_names))
+        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=features,
+                                     disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Everything is local.
+        return {split: self._generate_examples(split)
+                for split in self.builder_config.manifest.splits}
+
+    def _generate_examples(self, split: str):
+        cfg = self.builder_config
+        for index, row in enumerate(cfg.manifest.split_rows(split)):
+            yield index, make_example(cfg.manifest, row, cfg.specs, cfg.audio_sample_rate)
+
+
+def folder_builder(manifest: Manifest, audio_sample_rate: int,
+                   data_dir: str | os.PathLike | None = None) -> PairedFolder:
+    """The folder's prepared builder: reused from `data_dir`, else checked and built."""
+    config = PairedFolderConfig(name=cache_key(manifest, audio_sample_rate),
+                                description=str(manifest.path.parent), manifest=manifest,
+                                audio_sample_rate=audio_sample_rate)
+    builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
+    if builder.data_path.exists() and builder.is_prepared():
+        return builder
+    config = dataclasses.replace(config, specs=infer_specs(manifest, audio_sample_rate))
+    builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder
+
+
+def _indices(rows: list[Row], modalities: tuple[str, ...]) -> np.ndarray:
+    return np.array([i for i, row in enumerate(rows)
+                     if all(m in row.files for m in modalities)], np.int64)
+
+
+def load_paired_folder(directory: str | os.PathLike, *,
+                       data_dir: str | os.PathLike | None = None,
+                       source: str, target: str, pairing: str = "instance",
+                       audio_sample_rate: int = 16000) -> sources.Dataset:
+    """The folder as a `sources.Dataset` of its source and target pools; the TFDS build is
+    made on first use and reused while the folder is unchanged."""
+    if int(audio_sample_rate) != audio_sample_rate or audio_sample_rate <= 0:
+        raise ValueError(f"audio_sample_rate={audio_sample_rate!r}: a positive integer")
+    audio_sample_rate = int(audio_sample_rate)
+    manifest = read_manifest(directory)
+    check_request(manifest, source, target, pairing)
+    data = folder_builder(manifest, audio_sample_rate, data_dir or None).as_data_source()
+    rows = {split: manifest.split_rows(split) for split in manifest.splits}
+    pools = {m: {s: sources.Records(data[s], _indices(rows[s], (m,))) for s in rows}
+             for m in (source, target)}
+    pairs = ({} if pairing == "label" else
+             {s: sources.Records(data[s], _indices(rows[s], (source, target))) for s in rows})
+    return sources.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
+                           num_classes=len(manifest.class_names),
+                           has_mask=any("mask" in row.files for row in manifest.rows),
+                           audio_sample_rate=audio_sample_rate)

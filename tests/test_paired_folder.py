@@ -1,0 +1,365 @@
+"""Paired folders: files -> TFDS records, pools and pairs, the build cache, bad inputs."""
+
+import csv
+import os
+import pathlib
+import wave
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import signal
+
+from cmcd_jax.data import paired_folder
+from folder_fixture import CLASS_NAMES, make_paired_folder
+
+
+def manifest_rows(folder: pathlib.Path) -> list[dict]:
+    """The manifest's rows, each with its 1-based `line`."""
+    with open(folder / "manifest.csv", newline="") as f:
+        return [dict(row, line=i + 2) for i, row in enumerate(csv.DictReader(f))]
+
+
+def rewrite_manifest(folder: pathlib.Path, rows: list[dict]) -> None:
+    header = [k for k in rows[0] if k != "line"]
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def expected_audio(file: pathlib.Path, rate: int) -> np.ndarray:
+    """16-bit PCM -> mono float, resampled with scipy directly."""
+    with wave.open(str(file)) as f:
+        frames = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+        channels, file_rate = f.getnchannels(), f.getframerate()
+    mono = (frames.reshape(-1, channels) / 32768.0).mean(axis=1)
+    if file_rate != rate:
+        mono = signal.resample_poly(mono, rate, file_rate)
+    return np.clip(mono, -1, 1).astype(np.float32)
+
+
+def expected_image(file: pathlib.Path) -> np.ndarray:
+    pixels = np.asarray(Image.open(file))
+    return np.stack([pixels] * 3, axis=-1) if pixels.ndim == 2 else pixels
+
+
+def expected_map(file: pathlib.Path) -> np.ndarray:
+    return np.load(file) if file.suffix == ".npy" else np.asarray(Image.open(file))
+
+
+def snapshot(root: pathlib.Path) -> dict:
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> pathlib.Path:
+    return make_paired_folder(tmp_path_factory.mktemp("folders") / "my_folder")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def dataset(folder, store):
+    return paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                            target="audio")
+
+
+def split_rows(folder: pathlib.Path, split: str, *columns: str) -> list[dict]:
+    return [r for r in manifest_rows(folder)
+            if r["split"] == split and all(r[c] for c in columns)]
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_image_pool_records_hold_the_files(folder, dataset, split):
+    records, rows = dataset.pools["image"][split], split_rows(folder, split, "image")
+    assert len(records) == len(rows)
+    modes, dtypes = set(), set()
+    for i, row in enumerate(rows):
+        record = records[i]
+        modes.add(Image.open(folder / row["image"]).mode)
+        assert record["image"].dtype == np.uint8 and record["image"].shape == (16, 16, 3)
+        np.testing.assert_array_equal(record["image"], expected_image(folder / row["image"]))
+        np.testing.assert_array_equal(record["mask"], expected_map(folder / row["mask"]))
+        assert record["mask"].dtype == np.uint8 and record["has_mask"]
+        assert record["label"] == sorted(CLASS_NAMES).index(row["label"])
+        assert record["has_depth"] == bool(row["depth"])
+        if row["depth"]:
+            depth = expected_map(folder / row["depth"])
+            np.testing.assert_array_equal(record["depth"], depth.astype(np.float32))
+            dtypes.add(depth.dtype.name)
+            np.testing.assert_array_equal(record["sketch"],
+                                          np.asarray(Image.open(folder / row["sketch"])))
+        else:
+            assert not record["depth"].any() and not record["has_sketch"]
+    assert modes == {"RGB", "L"} and dtypes == {"float32", "float64"}
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_audio_pool_is_resampled_and_padded(folder, dataset, split):
+    rows = split_rows(folder, split, "audio")
+    clips = {r["audio"]: expected_audio(folder / r["audio"], 16000)
+             for r in manifest_rows(folder) if r["audio"]}
+    longest = max(len(c) for c in clips.values())
+    rates = set()
+    for i, row in enumerate(rows):
+        record = dataset.pools["audio"][split][i]
+        with wave.open(str(folder / row["audio"])) as f:
+            rates.add((f.getframerate(), f.getnchannels()))
+        clip = clips[row["audio"]]
+        assert record["audio"].dtype == np.float32 and record["audio"].shape == (longest,)
+        np.testing.assert_allclose(record["audio"][:len(clip)], clip, atol=1e-6)
+        assert not record["audio"][len(clip):].any()
+        assert record["has_image"] == bool(row["image"])
+        assert record["has_mask"] == bool(row["mask"])
+    assert rates == {(16000, 1), (8000, 2)}
+
+
+def test_pools_pairs_and_dataset_fields(folder, store, dataset):
+    assert dataset.name == "paired_folder" and dataset.pairing == "instance"
+    assert dataset.modalities == ("image", "audio")
+    assert dataset.num_classes == 3 and dataset.has_mask
+    assert dataset.audio_sample_rate == 16000
+    for split, paired in (("train", 6), ("test", 4)):
+        assert len(dataset.pools["image"][split]) == paired + 1  # one image-only row
+        assert len(dataset.pools["audio"][split]) == paired + 1  # one audio-only row
+        pairs = dataset.pairs[split]
+        assert len(pairs) == paired
+        assert all(pairs[i]["has_image"] and pairs[i]["has_audio"] for i in range(paired))
+    manifest = paired_folder.read_manifest(folder)
+    info = paired_folder.folder_builder(manifest, 16000, str(store)).info
+    assert info.features["label"].names == sorted(CLASS_NAMES)
+
+
+def test_integer_labels_other_modality_and_label_pairing(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=4, num_test=3, unpaired_rows=0,
+                                modalities=("thermal", "sketch"), with_mask=False,
+                                label_style="int")
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="thermal", target="sketch", pairing="label",
+                                          audio_sample_rate=8000)
+    assert ds.pairs == {} and ds.pairing == "label"
+    assert (ds.num_classes, ds.has_mask, ds.audio_sample_rate) == (3, False, 8000)
+    row = split_rows(folder, "test", "thermal")[1]
+    record = ds.pools["thermal"]["test"][1]
+    assert "mask" not in record and record["label"] == int(row["label"])
+    assert record["thermal"].dtype == np.float32 and record["thermal"].shape == (16, 16, 2)
+    np.testing.assert_array_equal(record["thermal"], np.load(folder / row["thermal"]))
+
+
+def test_build_is_reused_and_redone_when_the_folder_changes(tmp_path, monkeypatch):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, unpaired_rows=0)
+    store = tmp_path / "tfds"
+
+    def load(rate=16000):
+        return paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                                target="depth", audio_sample_rate=rate)
+
+    def builds():
+        return sorted(p.name for p in (store / "paired_folder").iterdir())
+
+    assert len(load().pairs["train"]) == 3
+    first, before = builds(), snapshot(store)
+    def rebuilt(*args):
+        raise AssertionError("rebuilt")
+
+    with monkeypatch.context() as m:
+        m.setattr(paired_folder, "infer_specs", rebuilt)
+        m.setattr(paired_folder, "make_example", rebuilt)
+        assert len(load().pairs["train"]) == 3
+    assert builds() == first and snapshot(store) == before
+
+    rows = manifest_rows(folder)
+    rewrite_manifest(folder, rows[:-1])
+    dropped = rows[-1]["split"]
+    assert len(load().pairs[dropped]) == {"train": 3, "test": 2}[dropped] - 1
+    assert len(builds()) == 2 and set(first) < set(builds())
+    longest = max(len(expected_audio(folder / r["audio"], 8000)) for r in rows[:-1])
+    assert load(8000).pools["image"]["train"][0]["audio"].shape == (longest,)
+    assert len(builds()) == 3
+    os.utime(folder / rows[0]["depth"], ns=(1, 1))
+    load()
+    assert len(builds()) == 4
+
+
+def test_failed_build_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, unpaired_rows=0)
+    store = tmp_path / "tfds"
+    calls = []
+    make_example = paired_folder.make_example
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk full")
+        return make_example(*args)
+
+    with monkeypatch.context() as m:
+        m.setattr(paired_folder, "make_example", failing)
+        with pytest.raises(RuntimeError, match="disk full"):
+            paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                             target="audio")
+    assert not [p for p in store.rglob("*") if p.name == "1.0.0" or "incomplete" in p.name]
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                          target="audio")
+    assert len(ds.pairs["train"]) == 3 and len(ds.pairs["test"]) == 2
+
+
+def test_unlabelled_rows_read_minus_one_and_are_refused_under_label_pairing(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, unpaired_rows=0)
+    rows = manifest_rows(folder)
+    unlabelled = next(r for r in rows if r["split"] == "train")
+    unlabelled["label"] = ""
+    rewrite_manifest(folder, rows)
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="audio")
+    assert ds.num_classes == len({r["label"] for r in rows} - {""})
+    assert ds.pairs["train"][0]["label"] == -1
+    line = unlabelled["line"]
+    with pytest.raises(ValueError, match=f"row {line}: label pairing needs every"):
+        paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                         source="image", target="audio", pairing="label")
+
+
+def _first(rows: list[dict], column: str, nth: int = 0) -> dict:
+    return [r for r in rows if r.get(column)][nth]
+
+
+def _overwrite(content):
+    def edit(folder, rows, column):
+        row = _first(rows, column)
+        (folder / row[column]).write_bytes(content)
+        return row["line"], row[column]
+    return edit
+
+
+def _missing_file(folder, rows, column):
+    row = _first(rows, column)
+    (folder / row[column]).unlink()
+    return row["line"], row[column]
+
+
+def _small_image(folder, rows, column):
+    row = _first(rows, column, 1)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / row[column])
+    return row["line"], row[column]
+
+
+def _rgb_mask(folder, rows, column):
+    row = [r for r in rows if r[column].endswith(".png")][0]
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / row[column])
+    return row["line"], row[column]
+
+
+def _edit_cell(value, line_of=lambda rows: rows[1]["line"]):
+    def edit(folder, rows, column):
+        line = line_of(rows)
+        rows[line - 2][column] = value
+        rewrite_manifest(folder, rows)
+        return line, value
+    return edit
+
+
+def _rename_header(folder, rows, column):
+    rewrite_manifest(folder, [{("Image" if k == column else k): v for k, v in r.items()}
+                              for r in rows])
+    return 1, "Image"
+
+
+def _no_test_split(folder, rows, column):
+    rewrite_manifest(folder, [dict(r, split="val" if r["split"] == "test" else "train")
+                              for r in rows])
+    return 1, "manifest.csv"
+
+
+def _source_absent_from_test(folder, rows, column):
+    test = [r for r in rows if r["split"] == "test"]
+    for r in test:
+        r[column] = ""
+    rewrite_manifest(folder, rows)
+    return test[0]["line"], "manifest.csv"
+
+
+BAD_INPUTS = {
+    "missing file": ("image", _missing_file, "file not found"),
+    "unreadable image": ("image", _overwrite(b"not a png"), "cannot read"),
+    "unreadable npy": ("depth", _overwrite(b"\x93NUMPY garbage"), "cannot read"),
+    "unreadable wav": ("audio", _overwrite(b"RIFF\x00\x00"), "cannot read"),
+    "mask not a class map": ("mask", _rgb_mask, "2-D class map"),
+    "inconsistent shapes": ("image", _small_image, "(8, 8, 3) uint8 but"),
+    "unknown extension": ("image", _edit_cell("image/photo.bmp"), "unknown extension"),
+    "unknown column": ("image", _rename_header, "unknown column"),
+    "split not an identifier": ("split", _edit_cell("my split"), "not an identifier"),
+    "labels mixing ids and names": ("label", _edit_cell("7"), "mix integer ids"),
+    "no test split": ("split", _no_test_split, "no 'test' split; splits: train, val"),
+    "source absent from a split": ("image", _source_absent_from_test,
+                                   "split 'test' (from this row on) has no 'image' file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_names_row_and_file_and_writes_nothing(case, tmp_path, store, dataset):
+    column, edit, problem = BAD_INPUTS[case]
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=3, unpaired_rows=0)
+    line, file = edit(folder, manifest_rows(folder), column)
+    before = snapshot(store)
+    with pytest.raises(ValueError) as error:
+        paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                         target="audio")
+    message = str(error.value)
+    assert f"row {line}" in message and file in message and problem in message, message
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"label_style": "int"}, "manifest.csv row {line}, label '-2': negative label"),
+    ({"label_style": None}, "manifest.csv row 1: label pairing needs labels"),
+])
+def test_bad_labels(tmp_path, kwargs, message):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, **kwargs)
+    rows = manifest_rows(folder)
+    if kwargs["label_style"]:
+        rows[2]["label"] = "-2"
+        rewrite_manifest(folder, rows)
+    with pytest.raises(ValueError, match=message.format(line=rows[2]["line"])):
+        paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                         source="image", target="audio", pairing="label")
+    assert not (tmp_path / "tfds").exists()
+
+
+@pytest.mark.parametrize("source, target, message", [
+    ("lidar", "audio", "manifest.csv row 1: source 'lidar' is not a modality column"),
+    ("image", "mask", "manifest.csv row 1: target 'mask' is not a modality column"),
+])
+def test_source_and_target_must_be_modality_columns(folder, tmp_path, source, target, message):
+    with pytest.raises(ValueError, match=message):
+        paired_folder.load_paired_folder(folder, data_dir=str(tmp_path), source=source,
+                                         target=target)
+    assert not list(tmp_path.iterdir())
+
+
+def _write_pcm(path: pathlib.Path, data: bytes, width: int, channels: int) -> None:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(channels)
+        f.setsampwidth(width)
+        f.setframerate(8000)
+        f.writeframes(data)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4])
+def test_read_wav_decodes_every_pcm_width_and_averages_channels(tmp_path, width):
+    left = np.array([0.0, 0.5, -0.5, -1.0, 0.25, 0.75])
+    frames = np.stack([left, -0.5 * left], axis=1).ravel()
+    full = 2 ** (8 * width - 1)
+    ints = np.clip(np.round(frames * full), -full, full - 1).astype(np.int64)
+    if width == 1:
+        data = (ints + 128).astype(np.uint8).tobytes()
+    else:
+        data = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
+    _write_pcm(tmp_path / "a.wav", data, width, channels=2)
+    samples, rate = paired_folder.read_wav(tmp_path / "a.wav")
+    assert rate == 8000
+    np.testing.assert_allclose(samples, 0.25 * left, atol=1.0 / full)

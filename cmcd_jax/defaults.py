@@ -13,39 +13,102 @@ def stage(steps: int, batch_size: int, learning_rate: float, **extra):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Image -> sketch on cmcd_shapes with a small ConvNet: minutes on a CPU."""
+    """Image -> sketch on cmcd_shapes with a small ConvNet: minutes on a CPU.
+
+    Every key is described in `HELP` (`python -m cmcd_jax.main --config=... --config_help`).
+    """
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.log_every = 50
     c.dataset = "cmcd_shapes"
-    c.data = dict(
-        config_name="32",  # cmcd_shapes variant: 32, 64 or tiny
-        data_dir="",  # TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)
-        dir="",  # paired_folder: the directory holding manifest.csv
-        resolution=32,  # real datasets: images and maps resized to this side
-        pairing="instance",  # paired_folder: 'instance' (rows) or 'label' (same class)
-        audio_sample_rate=16000,  # paired_folder: .wav files are resampled to this rate
-        source="image", target="sketch")
-    # Comma-separated; ours: cmc, cmd; baselines: l2, socket, target_only, ssl_target,
-    # random_init.
+    c.data = dict(config_name="32", data_dir="", dir="", resolution=32, pairing="instance",
+                  audio_sample_rate=16000, source="image", target="sketch")
     c.methods = "cmc,cmd,l2,target_only,random_init"
-    c.num_seeds = 1  # > 1: every method for seeds seed .. seed+num_seeds-1; mean and std
-    c.gap_levels = ""  # e.g. "0,0.5,1": the gap sweep (target corrupted at each level)
+    c.num_seeds = 1
+    c.gap_levels = ""
     c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(16, 32, 64),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
     c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
-    c.distill = stage(400, 128, 2e-3,
-                      teacher_export="")  # a path: use that export as teacher, skip step 1
+    c.distill = stage(400, 128, 2e-3, teacher_export="")
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
-    c.distill.socket = dict(statistics_weight=1.0)  # weight of the BatchNorm-statistics term
+    c.distill.socket = dict(statistics_weight=1.0)
     c.target_only = stage(300, 64, 2e-3)
-    c.finetune = stage(300, 64, 1e-3)  # downstream.mode=finetune: encoder + linear head
-    c.downstream = dict(mode="linear",  # 'linear' (frozen encoder) or 'finetune'
-                        labels_per_class=10, probe_steps=300, probe_learning_rate=1e-2,
-                        probe_weight_decay=1e-2)
-    c.parallel = dict(num_devices=0,  # 0 = every device of every process
-                      distributed="auto")  # jax.distributed.initialize(): auto / on / off
-    c.checkpoint = dict(every=200, keep=2)  # train-state checkpoints, for resuming
+    c.finetune = stage(300, 64, 1e-3)
+    c.downstream = dict(mode="linear", labels_per_class=10, probe_steps=300,
+                        probe_learning_rate=1e-2, probe_weight_decay=1e-2, segmentation=True,
+                        seg_steps=300, seg_batch_size=32, seg_learning_rate=3e-3)
+    c.parallel = dict(num_devices=0, distributed="auto")
+    c.checkpoint = dict(every=200, keep=2)
     return c
+
+
+HELP = {
+    "seed": "seed of every stage (initialisation, data order, few-shot picks)",
+    "log_every": "steps between progress lines / metrics.jsonl / TensorBoard scalars",
+    "dataset": "cmcd_shapes (embedded), paired_folder (your files), or a recipe: "
+               "spoken_digit_mnist, nyu_depth_v2, domainnet, sketchy",
+    "data.config_name": "cmcd_shapes variant: 32, 64 or tiny",
+    "data.data_dir": "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)",
+    "data.dir": "paired_folder: the directory holding manifest.csv",
+    "data.resolution": "recipes: images and maps resized to this side",
+    "data.pairing": "'instance' (the dataset's pairs) or 'label' (a random same-class "
+                    "partner, re-drawn every epoch: a weaker assumption)",
+    "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz)",
+    "data.source": "the rich modality of the teacher (step 1)",
+    "data.target": "the modality distilled into (steps 2 and 3)",
+    "methods": "comma-separated; ours: cmc, cmd; baselines: l2, socket, target_only, "
+               "ssl_target, random_init",
+    "num_seeds": "> 1: every method for seeds seed .. seed+num_seeds-1; mean and std",
+    "gap_levels": "e.g. '0,0.5,1': the gap sweep, the target corrupted at each level",
+    "model.encoder": "backbone of every modality: convnet, resnet18, vit_t4",
+    "model.encoder_kwargs": "constructor arguments of the backbone",
+    "model.proj_hidden_dim": "hidden width of the projection heads",
+    "model.proj_dim": "dimension of the contrastive embedding space",
+    "steps": "optimizer steps of the stage",
+    "batch_size": "global batch size (divisible by the number of devices)",
+    "learning_rate": "peak AdamW learning rate (linear warm-up, cosine decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_steps": "linear warm-up steps",
+    "min_crop_scale": "smallest random-crop area fraction",
+    "loss_chunk_size": "> 0: memory-lean loss over column chunks (large global batches)",
+    "pretrain.temperature": "NT-Xent temperature of SimCLR",
+    "pretrain.colour_jitter": "colour-jitter strength on RGB views",
+    "distill.teacher_export": "a path: use that export as the teacher and skip step 1",
+    "distill.cmc.temperature": "InfoNCE temperature of CMC",
+    "distill.cmc.symmetric": "CMC in both directions (target->source and source->target)",
+    "distill.cmd.student_temperature": "CMD temperature of the student's similarities",
+    "distill.cmd.teacher_temperature": "CMD temperature of the teacher's similarities",
+    "distill.cmd.variant": "'cross' (student-teacher similarities) or 'within' "
+                           "(student-student vs teacher-teacher)",
+    "distill.socket.statistics_weight": "weight of SOCKET's BatchNorm-statistics term",
+    "downstream.mode": "'linear' (frozen encoder) or 'finetune' (encoder + linear head, "
+                       "settings in finetune.*)",
+    "downstream.labels_per_class": "labelled train records per class for step 3",
+    "downstream.probe_steps": "steps of the linear probe",
+    "downstream.probe_learning_rate": "learning rate of the linear probe",
+    "downstream.probe_weight_decay": "weight decay of the linear probe",
+    "downstream.segmentation": "datasets with masks: train a decoder head, report seg_miou",
+    "downstream.seg_steps": "steps of the segmentation head",
+    "downstream.seg_batch_size": "batch size of the segmentation head",
+    "downstream.seg_learning_rate": "learning rate of the segmentation head",
+    "parallel.num_devices": "devices of the data-parallel mesh (0: all of every process)",
+    "parallel.distributed": "jax.distributed.initialize(): auto, on or off",
+    "checkpoint.every": "steps between train-state checkpoints (for resuming)",
+    "checkpoint.keep": "checkpoints kept per stage",
+}
+
+
+def describe(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """One line per option: `key = value  # what it does`."""
+    lines = []
+    for key, value in sorted(config.items()):
+        name = prefix + key
+        if isinstance(value, ml_collections.ConfigDict) and name not in HELP:
+            lines += describe(value, name + ".")
+            continue
+        text = HELP.get(name, HELP.get(key, ""))
+        shown = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+        lines.append(f"{name} = {shown!r}" + (f"  # {text}" if text else ""))
+    return lines

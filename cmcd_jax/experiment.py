@@ -23,11 +23,11 @@ from cmcd_jax import checkpoints, parallel
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import sources
 from cmcd_jax.models import IMAGE_ENCODERS
-from cmcd_jax.stages import distill, downstream, pretrain
+from cmcd_jax.stages import common, distill, downstream, pretrain
 
 BASELINES = ("target_only", "ssl_target", "random_init")
 METHODS = (*distill.METHODS, *BASELINES)
-METRICS = ("probe_top1", "retrieval_top1", "tv_lower", "mmd")
+METRICS = ("probe_top1", "retrieval_top1", "seg_miou", "tv_lower", "mmd")
 
 
 def method_list(config) -> list[str]:
@@ -139,22 +139,26 @@ def with_seed(config, seed: int) -> ml_collections.ConfigDict:
 def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources.Dataset,
                     data: dict, mesh, teacher_dir: pathlib.Path) -> dict:
     """Trains what `method` needs (skipping finished stages) and returns its metrics row."""
-    row = dict.fromkeys(("probe_top1", "retrieval_top1", "tv_lower", "tv_lower_ci", "mmd",
-                         "mmd_p_value"))
+    row = dict.fromkeys(("probe_top1", "retrieval_top1", "seg_miou", "tv_lower",
+                         "tv_lower_ci", "mmd", "mmd_p_value"))
     if method == "target_only":
-        row["probe_top1"] = downstream.run_supervised(config, method, workdir, dataset, data,
-                                                      mesh)
+        row["probe_top1"], export = downstream.run_supervised(config, method, workdir, dataset,
+                                                              data, mesh)
+        if export is not None:
+            _, variables, meta = common.restore_model(export, mesh)
+            row["seg_miou"] = downstream.segmentation_score(config, meta["encoder"], variables,
+                                                            data)
     elif method == "random_init":
-        row["probe_top1"] = downstream.evaluate_random_init(config, dataset, data)
+        row.update(downstream.evaluate_random_init(config, dataset, data))
     elif method == "ssl_target":
         encoder = pretrain.run(config, workdir, dataset, mesh, modality=config.data.target,
                                name="ssl_target")
-        row["probe_top1"] = downstream.evaluate_encoder(config, method, encoder, workdir,
-                                                        dataset, data, mesh)
+        row.update(downstream.evaluate_encoder(config, method, encoder, workdir, dataset, data,
+                                               mesh))
     else:
         student = distill.run(config, method, workdir, dataset, mesh, teacher_dir)
-        row["probe_top1"] = downstream.evaluate_encoder(config, method, student, workdir,
-                                                        dataset, data, mesh)
+        row.update(downstream.evaluate_encoder(config, method, student, workdir, dataset, data,
+                                               mesh))
         row.update(downstream.shared_space_metrics(config, student, teacher_dir, data, mesh))
     return row
 

@@ -1,6 +1,7 @@
 """Command line: `python -m cmcd_jax.main --config=configs/quickstart.py --workdir=DIR`.
 
-Overrides work the ml-collections way, e.g. `--config.distill.steps=200`.
+Overrides work the ml-collections way, e.g. `--config.distill.steps=200`; `--config_help`
+lists every option with its meaning.
 """
 
 import re
@@ -14,7 +15,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete a run of a different config found "
                                 "in --workdir instead of refusing to start.")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List every option of --config "
+                                  "(value and meaning) and exit.")
+flags.mark_flags_as_required(["config"])
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
@@ -22,6 +25,12 @@ USER_ERRORS = (ValueError, OSError, FloatingPointError)
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _CONFIG_HELP.value:
+        from cmcd_jax import defaults
+        print("\n".join(defaults.describe(_CONFIG.value)))
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO.
     from cmcd_jax import experiment  # Heavy imports only once the flags are parsed.
     from cmcd_jax.stages.common import Preempted

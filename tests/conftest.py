@@ -32,13 +32,14 @@ def tiny_sources(data_dir) -> dict:
     return shapes.load_shapes("tiny", str(data_dir))
 
 
-def main_command(workdir, data_dir, *overrides, devices: int = 1) -> tuple[list, dict]:
+def main_command(workdir, data_dir, *overrides, devices: int = 1,
+                 config: str = "configs/quickstart.py") -> tuple[list, dict]:
     """Arguments and environment of `python -m cmcd_jax.main` on the quickstart config
     shrunk to a smoke test."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    args = [sys.executable, "-m", "cmcd_jax.main", "--config=configs/quickstart.py",
+    args = [sys.executable, "-m", "cmcd_jax.main", f"--config={config}",
             f"--workdir={workdir}", "--config.data.config_name=tiny",
             f"--config.data.data_dir={data_dir}", "--config.log_every=5",
             "--config.pretrain.steps=10", "--config.pretrain.batch_size=32",
@@ -48,9 +49,10 @@ def main_command(workdir, data_dir, *overrides, devices: int = 1) -> tuple[list,
     return args, env
 
 
-def run_main(workdir, data_dir, *overrides, devices: int = 1) -> subprocess.CompletedProcess:
+def run_main(workdir, data_dir, *overrides, devices: int = 1,
+             config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
     """Runs the smoke-test command to completion."""
-    args, env = main_command(workdir, data_dir, *overrides, devices=devices)
+    args, env = main_command(workdir, data_dir, *overrides, devices=devices, config=config)
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
 

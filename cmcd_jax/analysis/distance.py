@@ -12,8 +12,8 @@ estimates such distances from finite samples ``x [m, d]`` (source) and ``y [n, d
   interval accounts for).
 * :func:`mmd_rbf`: unbiased squared maximum mean discrepancy with a Gaussian (RBF)
   kernel, with a permutation-test p-value.
-* :func:`modality_distance`: both, on paired held-out embeddings; what every
-  distillation run records.
+* :func:`modality_distance`: both, on held-out embeddings of the two modalities
+  (paired or not); what every distillation run records.
 
 Inputs are numpy arrays; outputs are dicts of python floats, ints and lists (JSON
 serialisable). Results are deterministic given ``seed``.
@@ -40,17 +40,22 @@ _LEARNING_RATE = 1e-2
 _WEIGHT_DECAY = 0.1
 
 
-def _check_samples(x: Any, y: Any, x_name: str = "x", y_name: str = "y",
-                   min_samples: int = MIN_SAMPLES) -> Tuple[np.ndarray, np.ndarray]:
+def _shapes(x: np.ndarray, y: np.ndarray, x_name: str, y_name: str) -> str:
+    """Both samples' names and shapes, for error messages."""
+    return f"{x_name} has shape {x.shape}, {y_name} has shape {y.shape}"
+
+
+def _check_samples(x: Any, y: Any, x_name: str = "x",
+                   y_name: str = "y") -> Tuple[np.ndarray, np.ndarray]:
     """Validates two samples ``[m, d]`` and ``[n, d]``; returns them as float64 arrays."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    shapes = f"{x_name} has shape {x.shape}, {y_name} has shape {y.shape}"
+    shapes = _shapes(x, y, x_name, y_name)
     if x.ndim != 2 or y.ndim != 2:
         raise ValueError(f"samples must be 2-D [num_samples, dim]: {shapes}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {shapes}")
-    if min(len(x), len(y)) < min_samples:
-        raise ValueError(f"too few samples, need at least {min_samples} rows each: {shapes}")
+    if min(len(x), len(y)) < MIN_SAMPLES:
+        raise ValueError(f"too few samples, need at least {MIN_SAMPLES} rows each: {shapes}")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
         raise ValueError(f"samples contain NaN or inf: {shapes}")
     return x, y
@@ -226,16 +231,17 @@ def modality_distance(source_features: Any, target_features: Any, *, seed: int =
     """Distance between source- and target-modality features in the shared space.
 
     Args:
-      source_features: ``[n, d]`` held-out source-modality embeddings.
-      target_features: ``[n, d]`` target-modality embeddings; row ``i`` comes from the
-        same example as row ``i`` of ``source_features``.
+      source_features: ``[m, d]`` held-out source-modality embeddings.
+      target_features: ``[n, d]`` target-modality embeddings. With ``m == n`` row ``i``
+        is taken to come from the same example as row ``i`` of ``source_features``;
+        with ``m != n`` the two are independent samples.
       seed: randomness of the split, the subsampling and the classifier.
       max_samples: most rows used per modality.
 
     Both tests assume two independent samples, which paired rows are not (aligned
-    embeddings of one example are close). The examples are therefore split in two
+    embeddings of one example are close). Paired examples are therefore split in two
     halves at random: the source rows of one half are compared with the target rows
-    of the other.
+    of the other. Then both modalities are subsampled to the same number of rows.
 
     Returns:
       ``tv_lower``, ``tv_lower_ci`` (``[lo, hi]``) and ``c2st_accuracy`` from
@@ -243,15 +249,19 @@ def modality_distance(source_features: Any, target_features: Any, *, seed: int =
       per modality.
     """
     source, target = _check_samples(source_features, target_features, "source_features",
-                                    "target_features", min_samples=2 * MIN_SAMPLES)
-    if len(source) != len(target):
-        raise ValueError("paired features need the same number of rows: source_features "
-                         f"has shape {source.shape}, target_features has shape {target.shape}")
-    order = np.random.default_rng(seed).permutation(len(source))
-    n = min(len(source) // 2, max_samples)
-    source, target = source[order[:n]], target[order[n:2 * n]]
+                                    "target_features")
+    rng = np.random.default_rng(seed)
+    if len(source) == len(target):
+        if len(source) < 2 * MIN_SAMPLES:
+            raise ValueError(f"too few samples, need at least {2 * MIN_SAMPLES} paired rows "
+                             "(split into two halves): "
+                             + _shapes(source, target, "source_features", "target_features"))
+        order, half = rng.permutation(len(source)), len(source) // 2
+        source, target = source[order[:half]], target[order[half:2 * half]]
+    n = min(len(source), len(target), max_samples)
+    source, target = _subsample(rng, source, n), _subsample(rng, target, n)
     test = c2st(source, target, seed=seed)
-    mmd = mmd_rbf(source, target, seed=seed, max_samples=max_samples)
+    mmd = mmd_rbf(source, target, seed=seed, max_samples=n)
     return {"tv_lower": test["tv_lower"], "tv_lower_ci": test["tv_lower_ci"],
             "c2st_accuracy": test["accuracy"], "mmd": mmd["mmd"],
             "mmd_p_value": mmd["p_value"], "n": n}

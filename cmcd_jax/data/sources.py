@@ -74,15 +74,18 @@ def corrupt(modality: str, value: np.ndarray, level: float,
             rng: np.random.Generator) -> np.ndarray:
     """`value` with its information degraded by `level` in [0, 1] (0: unchanged).
 
-    sketch: each stroke pixel erased with probability `level`; depth: Gaussian noise of
+    sketch: each stroke pixel (any pixel unlike the background, the median value: light or
+    dark strokes alike) erased with probability `level`; depth: Gaussian noise of
     `level` x the map's std on valid pixels; audio: white noise of RMS 3 x `level` x the
     clip's RMS (SNR -20 log10(3 level) dB); any other modality: Gaussian noise of `level` x
     its std. The gap sweep uses it to widen the distance between the modalities.
     """
     if level <= 0:
         return value
-    if modality == "sketch":
-        return np.where(rng.random(value.shape) < level, 0, value).astype(value.dtype)
+    if modality == "sketch":  # Strokes: pixels unlike the background (the median value).
+        background = np.median(value)
+        erase = (value != background) & (rng.random(value.shape) < level)
+        return np.where(erase, background, value).astype(value.dtype)
     x = value.astype(np.float32)
     if modality == "depth":
         valid = np.isfinite(x) & (x != 0)
@@ -144,6 +147,13 @@ def load_dataset(config) -> Dataset:
                                                   data.source, data.target)
     check_modalities(dataset.name, dataset.modalities, data.source, data.target)
     check_splits(dataset, data.source, data.target)
+    if data.pairing not in PAIRINGS:
+        raise ValueError(f"config.data.pairing={data.pairing!r}; valid: {', '.join(PAIRINGS)}")
+    if data.pairing == "label" and dataset.pairing == "instance":
+        if not dataset.num_classes:
+            raise ValueError(f"config.data.pairing='label' needs labels; {dataset.name} has "
+                             f"none")
+        dataset = dataclasses.replace(dataset, pairs={}, pairing="label")
     return dataset
 
 

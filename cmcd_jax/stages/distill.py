@@ -55,6 +55,9 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
                                                             batch[target])
             loss = loss_fn(out, teacher_out)
             if statistics_weight:
+                if "encoder" not in state.batch_stats:
+                    raise ValueError("the socket baseline matches BatchNorm statistics, and "
+                                     "this encoder has no BatchNorm layer (config.model.encoder)")
                 student_stats = losses.batch_norm_statistics(
                     state.batch_stats["encoder"], batch_stats["encoder"], BN_MOMENTUM)
                 teacher_stats = losses.statistics_pairs(

@@ -7,7 +7,9 @@ records, starting from the evaluated encoder. `retrieval_top1`: cross-modal retr
 pairs (instance pairing only): each target query's nearest source embedding (cosine) must be
 its own pair. `tv_lower`, `mmd`: the modality distance (`cmcd_jax.analysis`) between the
 teacher's source embeddings and the student's target embeddings of the test split, in the
-space the student was trained to match (L2-normalised). Baselines: `target_only` trains the
+space the student was trained to match (L2-normalised). `seg_miou` (datasets with masks,
+spatial targets): a decoder head on the encoder's feature maps trained with the same few
+labelled records (`cmcd_jax.stages.segmentation`; background included in the mean). Baselines: `target_only` trains the
 encoder from scratch on the few labels; `random_init` probes a random encoder.
 Every metric a dataset cannot give (no labels, no pairs) is None.
 """
@@ -24,9 +26,10 @@ import optax
 from cmcd_jax import analysis
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import pipeline, sources
-from cmcd_jax.stages import common
+from cmcd_jax.stages import common, segmentation
 
 PROBE_MODES = ("linear", "finetune")
+DISTANCE_KEYS = ("tv_lower", "tv_lower_ci", "mmd", "mmd_p_value")
 
 
 def labelled(config, dataset: sources.Dataset, modality: str, extra: tuple = ()) -> dict | None:
@@ -111,13 +114,38 @@ def probe(config, model, variables, data: dict | None, modality: str) -> float |
 
 
 def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: pathlib.Path,
-                     dataset: sources.Dataset, data: dict, mesh) -> float | None:
-    """The probe score of an exported target encoder, in `config.downstream.mode`."""
+                     dataset: sources.Dataset, data: dict, mesh) -> dict:
+    """`probe_top1` (in `config.downstream.mode`) and `seg_miou` of an exported encoder."""
+    model, variables, meta = common.restore_model(encoder_dir, mesh)
     if config.downstream.mode == "finetune":
-        return run_supervised(config, name, workdir, dataset, data, mesh,
-                              init_encoder=encoder_dir)
-    model, variables, _ = common.restore_model(encoder_dir, mesh)
-    return probe(config, model, variables, data["target"], config.data.target)
+        probe_top1 = run_supervised(config, name, workdir, dataset, data, mesh,
+                                    init_encoder=encoder_dir)[0]
+    else:
+        probe_top1 = probe(config, model, variables, data["target"], config.data.target)
+    return {"probe_top1": probe_top1,
+            "seg_miou": segmentation_score(config, meta["encoder"], variables, data,
+                                           encoder_dir.parent / "segmentation.png")}
+
+
+def segmentation_score(config, spec: dict, variables: dict, data: dict,
+                       figure: pathlib.Path | None = None) -> float | None:
+    """mIoU of a decoder head trained on the encoder's feature maps with the few labelled
+    masks (`cmcd_jax.stages.segmentation`); None without masks or spatial inputs. Draws
+    true and predicted test masks into `figure`."""
+    target, modality, cfg = data["target"], config.data.target, config.downstream
+    if (not cfg.segmentation or target is None or "mask" not in target["train"]
+            or target["train"][modality].ndim != 4):
+        return None
+    train, test = target["train"], target["test"]
+    num_classes = int(max(train["mask"].max(), test["mask"].max())) + 1
+    model, trained = segmentation.train_segmenter(
+        spec, segmentation.encoder_variables(variables), train[modality], train["mask"],
+        num_classes=num_classes, steps=cfg.seg_steps, batch_size=cfg.seg_batch_size,
+        learning_rate=cfg.seg_learning_rate, seed=config.seed, mode=cfg.mode)
+    predicted = segmentation.predict_masks(model, trained, test[modality])
+    if figure is not None and jax.process_index() == 0:
+        plots.segmentation_grid(test[modality][:8], test["mask"][:8], predicted[:8], figure)
+    return segmentation.mean_iou(predicted, test["mask"], num_classes)
 
 
 def shared_space_metrics(config, student_dir: pathlib.Path, teacher_dir: pathlib.Path,
@@ -140,9 +168,12 @@ def shared_space_metrics(config, student_dir: pathlib.Path, teacher_dir: pathlib
     if labels is not None and jax.process_index() == 0:
         plots.embedding_projection(normalized(keys), normalized(s_out), labels,
                                    student_dir.parent / "embeddings.png", names=(source, target))
-    distance = analysis.modality_distance(normalized(keys), normalized(s_out), seed=config.seed)
+    distance = dict.fromkeys(DISTANCE_KEYS)  # Too few test records: no estimate.
+    if min(len(keys), len(s_out)) >= 2 * analysis.MIN_SAMPLES:
+        distance = analysis.modality_distance(normalized(keys), normalized(s_out),
+                                              seed=config.seed)
     return {"retrieval_top1": None if data["pairs"] is None else retrieval_top1(s_out, keys),
-            **{k: distance[k] for k in ("tv_lower", "tv_lower_ci", "mmd", "mmd_p_value")}}
+            **{k: distance[k] for k in DISTANCE_KEYS}}
 
 
 def normalized(x: np.ndarray) -> np.ndarray:
@@ -166,12 +197,13 @@ def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str
 
 
 def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Dataset,
-                   data: dict, mesh, init_encoder: pathlib.Path | None = None) -> float | None:
-    """Test accuracy of the target encoder and a linear head trained on the few labels:
-    from scratch (`target_only`, `config.target_only`) or from an export (fine-tuning,
-    `config.finetune`, in `workdir/downstream/<name>`)."""
+                   data: dict, mesh, init_encoder: pathlib.Path | None = None) -> tuple:
+    """(test accuracy, export) of the target encoder and a linear head trained on the few
+    labels: from scratch (`target_only`, `config.target_only`) or from an export
+    (fine-tuning, `config.finetune`), in `workdir/downstream/<name>`; (None, None) without
+    labels."""
     if data["target"] is None:
-        return None
+        return None, None
     cfg = config.target_only if init_encoder is None else config.finetune
     key = "target_only" if init_encoder is None else "finetune"
     modality, records = config.data.target, dataset.pools[config.data.target]["train"]
@@ -189,19 +221,20 @@ def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Da
     model, variables, _ = common.restore_model(export_dir, mesh)
     test = data["target"]["test"]
     _, logits = embed(model, variables, test[modality])
-    return float(np.mean(logits.argmax(-1) == test["label"]))
+    return float(np.mean(logits.argmax(-1) == test["label"])), export_dir
 
 
-def evaluate_random_init(config, dataset: sources.Dataset, data: dict) -> float | None:
-    """Sanity reference: the probe on a randomly initialised target encoder."""
+def evaluate_random_init(config, dataset: sources.Dataset, data: dict) -> dict:
+    """Sanity reference: the probe (and segmentation) on a randomly initialised encoder."""
     if data["target"] is None:
-        return None
+        return {"probe_top1": None, "seg_miou": None}
     modality = config.data.target
-    model = common.build_model(common.encoder_spec(config, modality, dataset),
-                               {"kind": "linear", "num_classes": 1})
+    spec = common.encoder_spec(config, modality, dataset)
+    model = common.build_model(spec, {"kind": "linear", "num_classes": 1})
     example = jnp.asarray(data["target"]["train"][modality][:1])
     variables = common.init_variables(model, jax.random.key(config.seed), example)
-    return probe(config, model, variables, data["target"], modality)
+    return {"probe_top1": probe(config, model, variables, data["target"], modality),
+            "seg_miou": segmentation_score(config, spec, variables, data)}
 
 
 def evaluate_teacher(config, teacher_dir: pathlib.Path, data: dict, mesh) -> float | None:

@@ -45,7 +45,8 @@ def main_command(workdir, data_dir, *overrides, devices: int = 1,
             "--config.pretrain.steps=10", "--config.pretrain.batch_size=32",
             "--config.distill.steps=10", "--config.distill.batch_size=32",
             "--config.target_only.steps=10", "--config.target_only.batch_size=32",
-            "--config.downstream.probe_steps=50", *overrides]
+            "--config.downstream.probe_steps=50", "--config.downstream.seg_steps=10",
+            *overrides]
     return args, env
 
 

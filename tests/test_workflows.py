@@ -9,7 +9,7 @@ from folder_fixture import make_paired_folder
 FOLDER_CONFIG = "configs/paired_folder.py"
 SHORT = ("--config.pretrain.steps=6", "--config.distill.steps=6",
          "--config.target_only.steps=6", "--config.downstream.probe_steps=20",
-         "--config.downstream.seg_steps=6", "--config.log_every=3")
+         "--config.log_every=3")
 
 
 def test_paired_folder_of_png_npy_wav_runs_end_to_end(tmp_path, data_dir):

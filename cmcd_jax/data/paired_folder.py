@@ -42,6 +42,7 @@ import pathlib
 import re
 import wave
 from collections.abc import Mapping
+from typing import IO
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -247,9 +248,10 @@ def _pcm(data: bytes, width: int) -> np.ndarray:
     raise ValueError(f"unsupported sample width: {8 * width} bits")
 
 
-def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """A PCM .wav file as mono float64 samples in [-1, 1] (channels averaged) and its rate."""
-    with wave.open(os.fspath(path), "rb") as f:
+def read_wav(file: str | os.PathLike | IO[bytes]) -> tuple[np.ndarray, int]:
+    """A PCM .wav file (path or binary file object) as mono float64 samples in [-1, 1]
+    (channels averaged) and its rate."""
+    with wave.open(file if hasattr(file, "read") else os.fspath(file), "rb") as f:
         width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
         data = f.readframes(f.getnframes())
     samples = _pcm(data, width).reshape(-1, channels).mean(axis=1)

@@ -16,14 +16,14 @@ speaker and digit are `test`, 5-49 `train`.
 
 from __future__ import annotations
 
-import io
 import re
 import tarfile
-import wave
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from cmcd_jax.data import paired_folder
 
 ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v1.0.9.tar.gz"
 # Size and SHA-256 of the archive, as TFDS registers them for its own `spoken_digit`.
@@ -35,21 +35,6 @@ CLIP_SAMPLES = 8000  # 1 s
 TEST_INDICES = range(5)
 SPLITS = ("train", "test")
 WAV_NAME = re.compile(r"(?:^|/)recordings/(\d)_([^_/]+)_(\d+)\.wav$")
-_PCM_DTYPES = {1: np.uint8, 2: np.dtype("<i2"), 4: np.dtype("<i4")}
-
-
-def read_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """PCM WAV bytes -> (float32 samples in [-1, 1], channels averaged; sample rate)."""
-    with wave.open(io.BytesIO(data)) as f:
-        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-        frames = f.readframes(f.getnframes())
-    if width not in _PCM_DTYPES:
-        raise ValueError(f"{8 * width}-bit WAV; valid: 8, 16 or 32-bit PCM")
-    samples = np.frombuffer(frames, _PCM_DTYPES[width]).astype(np.float32)
-    if width == 1:  # 8-bit PCM is unsigned
-        samples -= 128.0
-    samples /= 2.0 ** (8 * width - 1)
-    return samples.reshape(-1, channels).mean(axis=1), rate
 
 
 def fix_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -100,7 +85,7 @@ class CmcdSpokenDigit(tfds.core.GeneratorBasedBuilder):
                 match = WAV_NAME.search(member.name)
                 if not member.isfile() or not match or is_test(int(match[3])) != test:
                     continue
-                samples, rate = read_wav(tar.extractfile(member).read())
+                samples, rate = paired_folder.read_wav(tar.extractfile(member))
                 if rate != SAMPLE_RATE:
                     raise ValueError(f"{member.name}: {rate} Hz; expected {SAMPLE_RATE}")
                 name = member.name.rsplit("/", 1)[-1]

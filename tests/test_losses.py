@@ -389,3 +389,12 @@ def test_multidevice_gradient_check_is_sensitive(multidevice_results):
         # a gather without a backward pass keeps the value but breaks the gradient
         assert s[f"{k}/sg_gather/value_err"] < 1e-5, s
         assert s[f"{k}/sg_gather/grad_err"] > 1e-3, s
+
+
+def test_importing_the_losses_stays_light():
+    code = ("import sys; from cmcd_jax import losses; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'tensorflow', 'tensorflow_datasets', 'grain', 'orbax', 'flax', 'matplotlib'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.stdout.strip() == "[]"

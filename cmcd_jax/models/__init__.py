@@ -7,6 +7,7 @@ import flax.linen as nn
 from cmcd_jax.models.audio import AudioEncoder, log_mel_spectrogram, mel_filterbank
 from cmcd_jax.models.encoders import IMAGE_ENCODERS, BasicBlock, ConvNet, ResNet, ResNet18
 from cmcd_jax.models.heads import EncoderWithHead, LinearClassifier, ProjectionHead
+from cmcd_jax.models.vit import ViT
 
 ENCODERS = {**IMAGE_ENCODERS, "audio": AudioEncoder}
 
@@ -29,6 +30,7 @@ __all__ = [
     "ProjectionHead",
     "ResNet",
     "ResNet18",
+    "ViT",
     "log_mel_spectrogram",
     "make_encoder",
     "mel_filterbank",

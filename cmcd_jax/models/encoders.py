@@ -1,4 +1,5 @@
-"""2-D convolutional encoders (Flax Linen) for images, sketches and depth maps.
+"""2-D convolutional encoders (Flax Linen) for images, sketches and depth maps, and the registry
+of image encoders (these and :class:`~cmcd_jax.models.vit.ViT`).
 
 Every encoder maps an NHWC float batch with any channel count and spatial size >= 8 to
 pooled float32 features ``(N, C)``; ``return_feature_map=True`` instead returns the last
@@ -13,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cmcd_jax.models.conv import Conv
+from cmcd_jax.models.vit import ViT
 
 Dtype = Any
 
@@ -132,4 +134,5 @@ class ResNet(nn.Module):
 
 ResNet18 = partial(ResNet, stage_sizes=(2, 2, 2, 2))
 
-IMAGE_ENCODERS = {"convnet": ConvNet, "resnet18": ResNet18}
+#: Every encoder with the interface ``(x, train, return_feature_map=False)`` described above.
+IMAGE_ENCODERS = {"convnet": ConvNet, "resnet18": ResNet18, "vit_t4": ViT}

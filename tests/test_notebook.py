@@ -7,6 +7,7 @@ import nbformat
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
 from conftest import REPO, main_command
@@ -52,7 +53,11 @@ def test_notebook_runs_the_tiny_quickstart(tmp_path, data_dir):
     assert km.kernel_spec.argv[0] == sys.executable
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    client.execute(env=env)  # Raises CellExecutionError (cell + traceback) if a cell fails.
+    try:
+        client.execute(env=env)  # Raises CellExecutionError (cell + traceback) on failure.
+    finally:  # A kernel manager we pass in is ours to shut down.
+        if km.has_kernel:
+            run_sync(km.shutdown_kernel)(now=True)
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     for cell in code:

@@ -207,7 +207,7 @@ def spearman(x: list, y: list) -> float | None:
     """Spearman's rank correlation of the points where both are known (None if undefined)."""
     pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None]
     rho = plots.spearman(*zip(*pairs)) if len(pairs) >= 3 else math.nan
-    return None if math.isnan(rho) else rho
+    return None if math.isnan(rho) else round(rho, 4)
 
 
 def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,

@@ -76,3 +76,17 @@ def wait_for_step(metrics_file: pathlib.Path, step: int, proc: subprocess.Popen,
         assert proc.poll() is None, f"process ended before step {step}"
         time.sleep(0.05)
     raise TimeoutError(f"step {step} not reached in {timeout}s")
+
+
+def run_on_eight_devices(script: str, *args: str, extra_xla_flags: str = "",
+                         timeout: float = 600):
+    """Runs `script` (python source) in a subprocess on 8 simulated CPU devices and returns
+    the JSON it prints on a line starting with RESULT."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {extra_xla_flags}")
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert lines, proc.stdout[-3000:]
+    return json.loads(lines[-1][len("RESULT"):])

@@ -5,10 +5,6 @@ Expected values come from independent computations: the inputs of every BatchNor
 captured with `nn.intercept_methods` and reduced in float64 numpy.
 """
 
-import json
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -23,7 +19,7 @@ from cmcd_jax.models import AudioEncoder, ConvNet, ResNet18
 from cmcd_jax.models.encoders import BN_EPSILON, BN_MOMENTUM
 from cmcd_jax.stages import common, distill
 
-from conftest import REPO
+from conftest import run_on_eight_devices
 
 
 def bn_inputs(fn):
@@ -389,13 +385,7 @@ print("RESULT" + json.dumps(out))
 
 
 def test_socket_step_is_the_same_on_1_and_8_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    runs = json.loads(line[len("RESULT"):])
+    runs = run_on_eight_devices(SCRIPT, timeout=300)
     one, eight = runs["1"], runs["8"]
     assert eight["losses"] == pytest.approx(one["losses"], rel=1e-5, abs=1e-6)
     assert len(one["leaves"]) == len(eight["leaves"]) > 0

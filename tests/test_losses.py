@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -15,7 +14,8 @@ import pytest
 
 from cmcd_jax import losses
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import run_on_eight_devices
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
@@ -330,31 +330,15 @@ try:
 finally:
     losses._gather = real_gather
 
-print("RESULT_JSON=" + json.dumps(out))
+print("RESULT" + json.dumps(out))
 '''
 
 
 @pytest.fixture(scope="module")
 def multidevice_results():
-    env = dict(os.environ)
-    # 8 host CPU devices; -O0 backend roughly halves XLA:CPU compile time (tiny arrays here).
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
-    flags += ["--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"]
-    env["XLA_FLAGS"] = " ".join(flags)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", _MULTIDEVICE_SCRIPT],
-        env=env, cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300,
-    )
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT_JSON=")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(
-            f"multi-device subprocess failed (rc={proc.returncode})\n"
-            f"--- stdout ---\n{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-8000:]}"
-        )
-    return json.loads(lines[-1][len("RESULT_JSON="):])
+    # -O0 backend roughly halves XLA:CPU compile time (tiny arrays here).
+    return run_on_eight_devices(_MULTIDEVICE_SCRIPT, timeout=300,
+                                extra_xla_flags="--xla_backend_optimization_level=0")
 
 
 def test_multidevice_values_and_gradients_match_global(multidevice_results):

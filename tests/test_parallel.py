@@ -1,14 +1,10 @@
 """The data-parallel step: same parameters on 1, 2, 4 and 8 devices; teacher untouched."""
 
-import json
-import os
-import subprocess
-import sys
 import types
 
 import pytest
 
-from conftest import REPO
+from conftest import run_on_eight_devices
 
 SCRIPT = r"""
 import json, sys
@@ -64,13 +60,7 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def runs():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return run_on_eight_devices(SCRIPT)
 
 
 @pytest.mark.parametrize("method", ["cmc", "cmd", "l2"])

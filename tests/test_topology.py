@@ -1,11 +1,7 @@
 """Checkpoints and exports saved on 8 devices restore on 1, 2 and 4 (and the reverse)."""
 
-import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_on_eight_devices
 
 SCRIPT = r"""
 import json, pathlib, sys
@@ -62,13 +58,7 @@ print("RESULT" + json.dumps(report))
 
 
 def test_restore_across_device_counts(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(l for l in proc.stdout.splitlines()
-                             if l.startswith("RESULT"))[len("RESULT"):])
+    report = run_on_eight_devices(SCRIPT, str(tmp_path))
     assert set(report) == {"8->1", "8->2", "8->4", "1->8"}
     for case, r in report.items():
         restored_on = int(case.split("->")[1])

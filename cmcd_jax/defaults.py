@@ -44,6 +44,23 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def real_data_config() -> ml_collections.ConfigDict:
+    """`default_config` sized for real datasets: ResNet-18 on 64x64 inputs, budgets of tens of
+    thousands of steps (the starting point of the recipe configs)."""
+    c = default_config()
+    c.data.resolution = 64
+    c.model.encoder = "resnet18"
+    c.model.encoder_kwargs = dict(num_filters=64)
+    c.model.proj_hidden_dim, c.model.proj_dim = 512, 128
+    c.pretrain.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
+    c.distill.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
+    c.target_only.update(steps=5000, batch_size=128, learning_rate=1e-3, warmup_steps=250)
+    c.finetune.update(steps=5000, batch_size=128, learning_rate=5e-4, warmup_steps=250)
+    c.downstream.probe_steps = 2000
+    c.checkpoint.every = 2000
+    return c
+
+
 HELP = {
     "seed": "seed of every stage (initialisation, data order, few-shot picks)",
     "log_every": "steps between progress lines / metrics.jsonl / TensorBoard scalars",

@@ -19,15 +19,8 @@ from cmcd_jax import defaults
 
 
 def get_config():
-    c = defaults.default_config()
+    c = defaults.real_data_config()  # ResNet-18, centre 480x480 of each frame resized to 64x64
     c.dataset = "nyu_depth_v2"
     c.data.source, c.data.target = "image", "depth"
-    c.data.resolution = 64  # 480x640 frames, centre 480x480 square resized to 64x64
     c.methods = "cmc,cmd,l2"
-    c.model.encoder = "resnet18"
-    c.model.encoder_kwargs = dict(num_filters=64)
-    c.model.proj_hidden_dim, c.model.proj_dim = 512, 128
-    c.pretrain.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
-    c.distill.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
-    c.checkpoint.every = 2000
     return c

@@ -22,17 +22,7 @@ from cmcd_jax import defaults
 
 
 def get_config():
-    c = defaults.default_config()
+    c = defaults.real_data_config()  # ResNet-18, the 256x256 renderings resized to 64x64
     c.dataset = "sketchy"
     c.data.source, c.data.target = "image", "sketch"
-    c.data.resolution = 64  # the 256x256 renderings resized to 64x64
-    c.model.encoder = "resnet18"
-    c.model.encoder_kwargs = dict(num_filters=64)
-    c.model.proj_hidden_dim, c.model.proj_dim = 512, 128
-    c.pretrain.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
-    c.distill.update(steps=20000, batch_size=256, learning_rate=1e-3, warmup_steps=1000)
-    c.target_only.update(steps=5000, batch_size=128, learning_rate=1e-3, warmup_steps=250)
-    c.finetune.update(steps=5000, batch_size=128, learning_rate=5e-4, warmup_steps=250)
-    c.downstream.probe_steps = 2000
-    c.checkpoint.every = 2000
     return c

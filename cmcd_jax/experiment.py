@@ -165,15 +165,41 @@ def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources
 
 def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
                 teacher_dir: pathlib.Path) -> dict:
-    """{method: metrics row} of one seed."""
-    data = downstream.load_eval_data(config, dataset)
-    rows = {}
+    """{method: metrics row} of one seed. Each row is kept in `row.json` of the method's
+    directory, so a resumed run does not evaluate a finished method again (deleting that
+    directory redoes the method, its row included)."""
+    data, rows = None, {}
     for method in method_list(config):
-        rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
-                                       teacher_dir)
+        saved = method_dir(workdir, method) / "row.json"
+        if saved.exists():
+            rows[method] = json.loads(saved.read_text())
+        else:
+            if data is None:
+                data = downstream.load_eval_data(config, dataset)
+            rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
+                                           teacher_dir)
+            save_row(saved, rows[method])
         print(f"[downstream/{method}] seed {config.seed}: {rows[method]}", file=sys.stderr,
               flush=True)
     return rows
+
+
+def method_dir(workdir: pathlib.Path, method: str) -> pathlib.Path:
+    """Where `method`'s own stage writes: the student, the target-side encoder or the probe."""
+    if method in distill.METHODS:
+        return workdir / "distill" / method
+    if method == "target_only":
+        return workdir / "downstream" / method
+    return workdir / method
+
+
+def save_row(path: pathlib.Path, row: dict) -> None:
+    """Writes one method's row (process 0 only), atomically: a crash leaves none or all."""
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(row, indent=2))
+        partial.replace(path)
 
 
 def aggregate(per_seed: list[dict]) -> dict:

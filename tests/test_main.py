@@ -37,10 +37,14 @@ def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
     (workdir / "results.json").unlink()
     third = run_main(workdir, data_dir, "--config.methods=cmc,l2,target_only")
     assert third.returncode == 0, third.stderr[-3000:]
-    assert "[pretrain] already done" in third.stderr and "[distill/cmc] already done" in third.stderr
-    assert "[distill/l2] step 10/10" in third.stderr and "[distill/cmc] step" not in third.stderr
-    assert (workdir / "pretrain/export/meta.json").stat().st_mtime_ns == written[
-        workdir / "pretrain/export/meta.json"]
+    assert "[pretrain] already done" in third.stderr and "[distill/cmc]" not in third.stderr
+    assert "[distill/l2] step 10/10" in third.stderr
+    for kept in ("pretrain/export/meta.json", "distill/cmc/row.json",
+                 "downstream/target_only/row.json"):  # Finished methods are not evaluated again.
+        assert (workdir / kept).stat().st_mtime_ns == written[workdir / kept]
+    rerun = json.loads((workdir / "results.json").read_text())["methods"]
+    assert rerun["cmc"] == results["methods"]["cmc"]
+    assert (workdir / "distill/l2/row.json").is_file()
 
 
 def test_workdir_of_another_config_is_refused(tmp_path, data_dir):

@@ -35,7 +35,8 @@ in a temporary workdir, reads ``distill/cmc/metrics.jsonl`` and reports the medi
 against the bare step (``ratio`` = stage / step). The stage's student has the config's
 projection head and AdamW schedule, not the reference's linear head and optimizer.
 
-Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output.
+Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output
+(with :mod:`cmcd_jax.xla_defaults` added, as ``python -m cmcd_jax.main`` adds them).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax import losses
+from cmcd_jax import losses, xla_defaults
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, make_encoder
 from cmcd_jax.models.conv import fast_weight_grad_default
 from cmcd_jax.stages import common, distill
@@ -374,4 +375,5 @@ def main(argv: Sequence[str] | None = None, **encoder_kwargs: Any) -> list[dict]
 
 
 if __name__ == "__main__":
+    xla_defaults.apply()  # Before JAX creates its backends.
     main()

@@ -10,6 +10,10 @@ import time
 
 import pytest
 
+from cmcd_jax import xla_defaults
+
+xla_defaults.apply()  # In-process tests run with the flags the entry points use.
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command-line tests compile the same programs again and again: share XLA's results.
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="cmcd_jax_xla_cache_")

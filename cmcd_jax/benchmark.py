@@ -1,7 +1,8 @@
 """Speed of one CMCD distillation step, side by side with the PyTorch reference.
 
     python -m cmcd_jax.benchmark --model resnet18 --batch 64 [--steps 5] [--warmup 2]
-        [--repeats 1] [--vs-torch [--torch-python PY] [--torch-script PATH] [--torch-threads N]]
+        [--repeats 1] [--teacher online|cached]
+        [--vs-torch [--torch-python PY] [--torch-script PATH] [--torch-threads N]]
     python -m cmcd_jax.benchmark --mode input [--config-name 32] [--data-dir DIR] ...
     python -m cmcd_jax.benchmark --mode stage [--stage-steps 20] ...
 
@@ -19,7 +20,10 @@ convolutions, per sample), ``achieved_flops_per_sec``, ``peak_flops_per_sec`` (a
 fp32 matmul measured right after each timed window), ``utilization`` (their ratio) and ``compiled_flops_per_sample``
 (XLA's count for the compiled step, which counts loop bodies once). ``--vs-torch`` first runs the reference with ``--torch-python``
 (default: this interpreter; skipped with a note when it cannot import torch) and adds its
-line as ``torch`` and ``ratio`` = ours / torch samples/s. On a loaded machine torch's
+line as ``torch`` and ``ratio`` = ours / torch samples/s. ``--teacher cached`` times the step
+without the teacher's forward, its outputs coming with the batch as in the distill stage with
+``distill.cache_teacher`` (the reference still runs its teacher: that ratio is not like for
+like); ``teacher`` in the record says which. On a loaded machine torch's
 OpenMP threads can spin against other processes (seen: 2 threads 4-5x slower than 1), so
 compare ``--torch-threads 1`` too.
 
@@ -32,7 +36,8 @@ as the distill stage builds it) and reports ``batches_per_sec`` against the step
 ``--model``, methods ``cmc``, a 1-step teacher pretraining, ``--stage-steps`` distill steps)
 in a temporary workdir, reads ``distill/cmc/metrics.jsonl`` and reports the median
 ``examples_per_sec`` of the logged intervals after the first (which includes compilation)
-against the bare step (``ratio`` = stage / step). The stage's student has the config's
+against the bare step (``ratio`` = stage / step); with ``--teacher cached`` both run with
+the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's student has the config's
 projection head and AdamW schedule, not the reference's linear head and optimizer.
 
 Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output
@@ -58,6 +63,7 @@ import numpy as np
 import optax
 
 from cmcd_jax import losses, xla_defaults
+from cmcd_jax.data import pipeline
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, make_encoder
 from cmcd_jax.models.conv import fast_weight_grad_default
 from cmcd_jax.stages import common, distill
@@ -94,31 +100,40 @@ def random_batch(batch: int, seed: int = 0) -> dict:
             for k, s in INPUT_SHAPES.items()}
 
 
-def make_step(name: str, batch: int, seed: int = 0, **encoder_kwargs: Any) -> tuple:
+def make_step(name: str, batch: int, seed: int = 0, cached_teacher: bool = False,
+              **encoder_kwargs: Any) -> tuple:
     """``(jitted step, jitted init, batch)`` of the reference step for ``name``.
 
     ``step(state, teacher_variables, batch) -> (state, {'loss'})`` donates ``state``;
-    ``init(key) -> (teacher_variables, state)``.
+    ``init(key) -> (teacher_variables, state)``. ``cached_teacher``: the batch holds the
+    teacher's output (random values; the cost does not depend on them) instead of the source,
+    as in the distill stage with ``distill.cache_teacher``.
     """
     teacher, student = build_model(name, **encoder_kwargs), build_model(name, **encoder_kwargs)
     inputs = jax.tree.map(jnp.asarray, random_batch(batch, seed))
+    source_inputs = inputs[SOURCE]
+    if cached_teacher:
+        inputs = {TARGET: inputs[TARGET], pipeline.TEACHER_OUT: jax.random.normal(
+            jax.random.key(seed), (batch, EMBED_DIM))}
     tx = make_tx(name)
 
     @jax.jit  # One program: eager init would compile every op separately (slow).
     def init(key: jax.Array) -> tuple:
         key_t, key_s = jax.random.split(key)
         student_variables = student.init(key_s, inputs[TARGET][:1], train=False)
-        return (teacher.init(key_t, inputs[SOURCE][:1], train=False),
+        return (teacher.init(key_t, source_inputs[:1], train=False),
                 common.TrainState.create(student_variables, tx))
 
     loss_fn = functools.partial(losses.cmc_loss, temperature=TEMPERATURE, symmetric=True)
-    step = distill.make_distill_step(student, teacher, tx, loss_fn, True, SOURCE, TARGET)
+    step = distill.make_distill_step(student, teacher, tx, loss_fn, True, SOURCE, TARGET,
+                                     cached_teacher=cached_teacher)
     return jax.jit(step, donate_argnums=0), init, inputs
 
 
-def build_step(name: str, batch: int, seed: int = 0, **encoder_kwargs: Any) -> tuple:
+def build_step(name: str, batch: int, seed: int = 0, cached_teacher: bool = False,
+               **encoder_kwargs: Any) -> tuple:
     """``(jitted step, state, teacher_variables, batch)``, initialised (see :func:`make_step`)."""
-    step, init, inputs = make_step(name, batch, seed, **encoder_kwargs)
+    step, init, inputs = make_step(name, batch, seed, cached_teacher, **encoder_kwargs)
     teacher_variables, state = init(jax.random.key(seed))
     return step, state, teacher_variables, inputs
 
@@ -141,11 +156,12 @@ def compile_step(step: Callable, *args: Any) -> tuple[Callable, float, float]:
     return compiled, time.perf_counter() - t0, _flops(compiled)
 
 
-def model_flops(name: str, batch: int, **encoder_kwargs: Any) -> float:
+def model_flops(name: str, batch: int, cached_teacher: bool = False,
+                **encoder_kwargs: Any) -> float:
     """FLOPs per step of the model itself: XLA's count for the step traced with plain
     autodiff convolutions (no loops), lowered only (no compilation)."""
     with fast_weight_grad_default(False):
-        step, init, inputs = make_step(name, batch, **encoder_kwargs)
+        step, init, inputs = make_step(name, batch, 0, cached_teacher, **encoder_kwargs)
         teacher_variables, state = jax.eval_shape(init, jax.random.key(0))
         return _flops(step.lower(state, teacher_variables, inputs))
 
@@ -213,9 +229,11 @@ def run_torch(python: str, script: pathlib.Path, name: str, batch: int, steps: i
 def bench_step(args: argparse.Namespace, emit: Callable[[dict], None],
                **encoder_kwargs: Any) -> list[dict]:
     """``--mode step``: one record per repeat (with the reference's when ``--vs-torch``)."""
-    step, state, teacher_variables, inputs = build_step(args.model, args.batch, **encoder_kwargs)
+    cached = args.teacher == "cached"
+    step, state, teacher_variables, inputs = build_step(args.model, args.batch, 0, cached,
+                                                        **encoder_kwargs)
     compiled, compile_sec, compiled_flops = compile_step(step, state, teacher_variables, inputs)
-    flops = model_flops(args.model, args.batch, **encoder_kwargs)
+    flops = model_flops(args.model, args.batch, cached, **encoder_kwargs)
     records = []
     for _ in range(args.repeats):
         ref = (run_torch(args.torch_python, args.torch_script, args.model, args.batch,
@@ -226,6 +244,7 @@ def bench_step(args: argparse.Namespace, emit: Callable[[dict], None],
         peak = matmul_peak(PEAK_MATMUL_SIZE)
         record = step_record(args.model, args.batch, times, compile_sec, flops, compiled_flops,
                              peak)
+        record["teacher"] = args.teacher
         if ref is not None:
             record.update(torch=ref, ratio=record["samples_per_sec"] / ref["samples_per_sec"])
         emit(record)
@@ -235,7 +254,8 @@ def bench_step(args: argparse.Namespace, emit: Callable[[dict], None],
 
 def bare_step_rate(args: argparse.Namespace) -> float:
     """Samples/s of the bare step (median of ``--steps`` after ``--warmup``)."""
-    step, state, teacher_variables, inputs = build_step(args.model, args.batch)
+    step, state, teacher_variables, inputs = build_step(args.model, args.batch, 0,
+                                                        args.teacher == "cached")
     _, times = time_steps(step, state, (teacher_variables, inputs), args.steps,
                           max(args.warmup, 1))
     return args.batch / float(np.median(times))
@@ -291,6 +311,8 @@ def stage_command(workdir: pathlib.Path, args: argparse.Namespace) -> list[str]:
                f"--config.distill.steps={args.stage_steps}",
                f"--config.distill.batch_size={args.batch}", f"--config.log_every={every}",
                f"--config.checkpoint.every={args.stage_steps}"]
+    if args.teacher == "cached":
+        command += ["--config.distill.cache_teacher=True", "--config.distill.min_crop_scale=1"]
     return command + ([f"--config.data.data_dir={args.data_dir}"] if args.data_dir else [])
 
 
@@ -331,7 +353,8 @@ def bench_stage(args: argparse.Namespace, emit: Callable[[dict], None]) -> dict:
     rates = run_stage(args)
     stage_rate = float(np.median(rates[1:] or rates))
     record = {"mode": "stage", "model": args.model, "batch": args.batch,
-              "stage_steps": args.stage_steps, "examples_per_sec": stage_rate,
+              "teacher": args.teacher, "stage_steps": args.stage_steps,
+              "examples_per_sec": stage_rate,
               "logged_examples_per_sec": rates, "step_samples_per_sec": step_rate,
               "ratio": stage_rate / step_rate}
     emit(record)
@@ -348,6 +371,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps per repeat")
     ap.add_argument("--repeats", type=int, default=1, help="step mode: timed windows")
     ap.add_argument("--vs-torch", action="store_true", help="step mode: run the reference too")
+    ap.add_argument("--teacher", choices=("online", "cached"), default="online",
+                    help="step, stage: the teacher's forward per step (as the reference), or "
+                         "its cached outputs (distill.cache_teacher)")
     ap.add_argument("--torch-python", default=sys.executable)
     ap.add_argument("--torch-script", type=pathlib.Path, default=TORCH_SCRIPT)
     ap.add_argument("--torch-threads", type=int, default=0,

@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
     c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
-    c.distill = stage(400, 128, 2e-3, teacher_export="")
+    c.distill = stage(400, 128, 2e-3, teacher_export="", cache_teacher=False)
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
     c.distill.socket = dict(statistics_weight=1.0)
@@ -93,6 +93,9 @@ HELP = {
     "pretrain.temperature": "NT-Xent temperature of SimCLR",
     "pretrain.colour_jitter": "colour-jitter strength on RGB views",
     "distill.teacher_export": "a path: use that export as the teacher and skip step 1",
+    "distill.cache_teacher": "compute the teacher's outputs once (plain and mirrored source) "
+                             "and look them up instead of a forward per step; needs "
+                             "distill.min_crop_scale=1 and instance pairing",
     "distill.cmc.temperature": "InfoNCE temperature of CMC",
     "distill.cmc.symmetric": "CMC in both directions (target->source and source->target)",
     "distill.cmd.student_temperature": "CMD temperature of the student's similarities",

@@ -62,6 +62,7 @@ def check_config(config) -> None:
     if config.num_seeds < 1:
         raise ValueError(f"config.num_seeds={config.num_seeds}; it must be >= 1")
     gap_levels(config)
+    distill.check_cacheable(config)
     if config.data.dir and not pathlib.Path(config.data.dir).is_dir():
         raise ValueError(f"config.data.dir={config.data.dir!r}: no such directory")
 

@@ -81,6 +81,17 @@ def test_reference_optimizers_match_torch_update_rules():
     np.testing.assert_allclose(updates["w"], -1e-3 * (first + 0.05 * params["w"]), rtol=1e-5)
 
 
+def test_cached_teacher_step_skips_the_teachers_flops(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "PEAK_MATMUL_SIZE", 128)
+    args = ["--model", "resnet18", "--batch", "4", "--steps", "1", "--warmup", "1"]
+    online, = benchmark.main(args, **TINY["resnet18"])
+    cached, = benchmark.main(args + ["--teacher", "cached"], **TINY["resnet18"])
+    assert (online["teacher"], cached["teacher"]) == ("online", "cached")
+    # The teacher's forward is about a third of a student train step (forward + backward).
+    share = 1 - cached["flops_per_sample"] / online["flops_per_sample"]
+    assert 0.15 < share < 0.35
+
+
 def test_stage_command_config_builds_the_model(tmp_path):
     args = benchmark.parse_args(["--mode", "stage", "--model", "vit_t4", "--stage-steps", "8"])
     command = benchmark.stage_command(tmp_path, args)
@@ -90,6 +101,10 @@ def test_stage_command_config_builds_the_model(tmp_path):
     spec.loader.exec_module(config_module)
     config = config_module.get_config()
     assert (config.model.encoder, config.model.encoder_kwargs.to_dict()) == ("vit_t4", {})
+    cached = benchmark.stage_command(tmp_path, benchmark.parse_args(
+        ["--mode", "stage", "--teacher", "cached"]))
+    assert cached[-2:] == ["--config.distill.cache_teacher=True",
+                           "--config.distill.min_crop_scale=1"]
 
 
 def reference_vit_t4_params(in_ch: int, width=192, depth=12, mlp=768, patch=4, size=32,

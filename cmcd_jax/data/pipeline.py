@@ -14,6 +14,9 @@ import numpy as np
 
 SPATIAL = ("image", "sketch", "depth", "mask")
 
+#: The batch key of a frozen teacher's cached output (:func:`cached_teacher_batches`).
+TEACHER_OUT = "teacher_out"
+
 
 def to_input(modality: str, value: np.ndarray) -> np.ndarray:
     """Raw record field -> float32 network input: (H,W,C) for images and maps, (T,) for audio.
@@ -75,17 +78,24 @@ def augment_audio(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
 def augment(rng: np.random.Generator, inputs: dict, min_scale: float,
             jitter: float) -> dict:
     """Augments one record's prepared inputs; spatial ones share one crop and flip."""
-    out = dict(inputs)
+    return augment_view(rng, inputs, min_scale, jitter)[0]
+
+
+def augment_view(rng: np.random.Generator, inputs: dict, min_scale: float,
+                 jitter: float) -> tuple[dict, bool]:
+    """:func:`augment`, and whether the spatial inputs' shared crop was mirrored."""
+    out, mirrored = dict(inputs), False
     spatial = [k for k in inputs if k in SPATIAL]
     if spatial:
         rows, cols = crop_indices(rng, inputs[spatial[0]].shape[0], min_scale)
+        mirrored = bool(cols[0] > cols[-1])
         for k in spatial:
             out[k] = inputs[k][rows][:, cols]
     if "image" in out and jitter > 0:
         out["image"] = colour_jitter(rng, out["image"], jitter)
     if "audio" in out:
         out["audio"] = augment_audio(rng, out["audio"])
-    return {k: v.astype(np.float32) if k != "mask" else v for k, v in out.items()}
+    return {k: v.astype(np.float32) if k != "mask" else v for k, v in out.items()}, mirrored
 
 
 def _prepare(record: dict, modalities: Sequence[str]) -> dict:
@@ -131,6 +141,32 @@ def paired_batches(source, modalities: Sequence[str], batch_size: int, seed: int
     if indices is not None:
         ds = _subset(ds, indices)
     return _batched(ds.random_map(transform, seed=seed), batch_size, seed, shard)
+
+
+def cached_teacher_batches(source, modalities: Sequence[str], table: np.ndarray,
+                           batch_size: int, seed: int, *,
+                           shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+    """The batches of ``paired_batches(source, modalities, batch_size, seed, min_scale=1,
+    jitter=0)``, with the source input replaced by its frozen teacher's output.
+
+    Un-cropped, the source's only augmentation is the shared random mirror, so
+    ``table[i, m]`` (records x 2 x dim) holds the teacher's output on record ``i``'s
+    source (``m = 0``) and on its mirror image (``m = 1``): a lookup instead of a forward
+    pass. Batches are ``{target: ..., TEACHER_OUT: ...}`` (same order and target views).
+    """
+    source_key, target = modalities
+    if source_key not in SPATIAL:
+        raise ValueError(f"the {source_key!r} source is augmented on every draw; only "
+                         f"spatial sources ({', '.join(SPATIAL)}) can have cached outputs")
+    if len(table) != len(source) or table.shape[1] != 2:
+        raise ValueError(f"the teacher table has shape {table.shape}; expected "
+                         f"({len(source)}, 2, dim): one row per record, plain and mirrored")
+
+    def transform(index, rng):
+        out, mirrored = augment_view(rng, _prepare(source[int(index)], modalities), 1.0, 0.0)
+        return {target: out[target], TEACHER_OUT: table[int(index), int(mirrored)]}
+    ds = grain.MapDataset.range(len(source)).random_map(transform, seed=seed)
+    return _batched(ds, batch_size, seed, shard)
 
 
 def _subset(ds: grain.MapDataset, indices: Sequence[int]) -> grain.MapDataset:

@@ -9,11 +9,14 @@ by layer, to the teacher's stored running statistics).
 from __future__ import annotations
 
 import pathlib
+import sys
+import time
 
 import jax
+import numpy as np
 import optax
 
-from cmcd_jax import losses, parallel
+from cmcd_jax import checkpoints, losses, parallel
 from cmcd_jax.data import pipeline, sources
 from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
@@ -41,14 +44,22 @@ def method_loss(method: str, config, mesh):
 
 def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
                       use_projection: bool, source: str, target: str,
-                      statistics_weight: float = 0.0):
+                      statistics_weight: float = 0.0, cached_teacher: bool = False):
     """A pure step: frozen teacher forward on `batch[source]`, student update on
     `batch[target]`; `statistics_weight` > 0 adds SOCKET's BatchNorm-statistics term
-    (the student's batch statistics against the teacher's running ones)."""
+    (the student's batch statistics against the teacher's running ones).
+
+    `cached_teacher`: the batch carries the teacher's output as `batch[TEACHER_OUT]`
+    (:func:`cmcd_jax.data.pipeline.cached_teacher_batches`) and the forward is skipped."""
+
+    def teacher_output(teacher_variables: dict, batch: dict) -> jax.Array:
+        if cached_teacher:
+            return batch[pipeline.TEACHER_OUT]
+        features, projection = teacher.apply(teacher_variables, batch[source], train=False)
+        return jax.lax.stop_gradient(projection if use_projection else features)
 
     def distill_step(state: common.TrainState, teacher_variables: dict, batch: dict):
-        features, projection = teacher.apply(teacher_variables, batch[source], train=False)
-        teacher_out = jax.lax.stop_gradient(projection if use_projection else features)
+        teacher_out = teacher_output(teacher_variables, batch)
 
         def loss_of(params):
             (_, out), batch_stats = common.apply_train_mode(student, params, state.batch_stats,
@@ -81,10 +92,48 @@ def student_head(use_projection: bool, config, teacher_meta: dict) -> dict:
     return {"kind": "linear", "num_classes": teacher_meta["feature_dim"]}
 
 
-def distill_batches(config, dataset: sources.Dataset, mesh):
-    """Training pairs (source, target): by instance, or by label under label pairing."""
+def check_cacheable(config) -> None:
+    """`distill.cache_teacher` needs un-augmented, instance-paired, spatial sources."""
+    cfg = config.distill
+    if not cfg.cache_teacher:
+        return
+    if cfg.min_crop_scale < 1:
+        raise ValueError(f"config.distill.cache_teacher needs un-cropped sources: set "
+                         f"config.distill.min_crop_scale=1 (it is {cfg.min_crop_scale})")
+    if config.data.pairing != "instance":
+        raise ValueError(f"config.distill.cache_teacher needs config.data.pairing='instance' "
+                         f"(it is {config.data.pairing!r}: partners are re-drawn every epoch)")
+    if config.data.source not in pipeline.SPATIAL:
+        raise ValueError(f"config.distill.cache_teacher: the {config.data.source!r} source is "
+                         f"augmented on every draw, so its teacher output cannot be cached")
+
+
+def teacher_table(teacher, teacher_variables: dict, records, source: str,
+                  use_projection: bool, chunk: int = 256) -> np.ndarray:
+    """(records, 2, dim) float32: the frozen teacher's output (projection or backbone
+    features) on every record's `source` input, plain and mirrored (left-right)."""
+    @jax.jit
+    def outputs(x):
+        features, projection = teacher.apply(teacher_variables, x, train=False)
+        return projection if use_projection else features
+
+    rows = []
+    for start in range(0, len(records), chunk):
+        indices = range(start, min(start + chunk, len(records)))
+        x = pipeline.load_arrays(records, (source,), indices=indices)[source]
+        rows.append(np.stack([np.asarray(outputs(x)), np.asarray(outputs(x[:, :, ::-1]))], 1))
+    return np.concatenate(rows).astype(np.float32)
+
+
+def distill_batches(config, dataset: sources.Dataset, mesh, table: np.ndarray | None = None):
+    """Training pairs (source, target): by instance, or by label under label pairing; with a
+    teacher `table`, the source replaced by its cached teacher output."""
     cfg, source, target = config.distill, config.data.source, config.data.target
     batch_size = common.per_process_batch(cfg.batch_size, mesh, "distill.batch_size")
+    if table is not None:
+        return pipeline.cached_teacher_batches(dataset.pairs["train"], (source, target), table,
+                                               batch_size, config.seed + 1,
+                                               shard=common.data_shard())
     if dataset.pairing == "label":
         return pipeline.label_paired_batches(
             dataset.pools[target]["train"], dataset.pools[source]["train"], source, target,
@@ -102,13 +151,21 @@ def run(config, method: str, workdir: pathlib.Path, dataset: sources.Dataset, me
     loss_fn, use_projection = method_loss(method, config, mesh)
     teacher, teacher_variables, teacher_meta = common.restore_model(teacher_dir, mesh)
     weight = cfg.socket.statistics_weight if method == "socket" else 0.0
+    stage_dir = workdir / "distill" / method
+    table = None
+    if cfg.cache_teacher and not checkpoints.export_complete(stage_dir / "export"):
+        start = time.perf_counter()
+        table = teacher_table(teacher, teacher_variables, dataset.pairs["train"],
+                              config.data.source, use_projection)
+        print(f"[distill/{method}] teacher outputs cached: {table.shape[0]} records x 2 views "
+              f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return common.fit_and_export(
-        f"distill/{method}", workdir / "distill" / method, config, mesh,
+        f"distill/{method}", stage_dir, config, mesh,
         spec=common.encoder_spec(config, modality, dataset),
         head=student_head(use_projection, config, teacher_meta), modality=modality,
-        batches=distill_batches(config, dataset, mesh),
+        batches=distill_batches(config, dataset, mesh, table),
         example=pipeline.first_input(dataset.pools[modality]["train"], modality),
         stage_cfg=cfg, extra_args=(teacher_variables,),
         make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
                                                       use_projection, config.data.source,
-                                                      modality, weight))
+                                                      modality, weight, table is not None))

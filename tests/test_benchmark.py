@@ -14,7 +14,7 @@ from jax import lax
 
 from cmcd_jax import benchmark
 from cmcd_jax.models import ENCODERS, IMAGE_ENCODERS, ViT
-from cmcd_jax.models.vit import Dense, PatchEmbed, SelfAttention, dense_matmul, patchify
+from cmcd_jax.models.vit import Dense, PatchEmbed, SelfAttention, dense_matmul, gelu, patchify
 
 RNG = jax.random.PRNGKey(0)
 STEP_FIELDS = {"framework", "version", "model", "batch", "threads", "step_sec_median",
@@ -197,3 +197,13 @@ def test_dense_has_flax_dense_parameters_and_outputs():
     np.testing.assert_allclose(params["kernel"], flax_params["kernel"])
     np.testing.assert_allclose(Dense(7).apply({"params": params}, x),
                                nn.Dense(7).apply({"params": params}, x), rtol=1e-6)
+
+
+def test_gelu_is_the_exact_gelu_with_its_derivative():
+    x = jnp.linspace(-8.0, 8.0, 4001)
+    phi = 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(x, np.float64) / math.sqrt(2.0)))
+    np.testing.assert_allclose(gelu(x), np.asarray(x, np.float64) * phi, atol=2e-6, rtol=1e-6)
+    density = np.exp(-np.asarray(x, np.float64) ** 2 / 2) / math.sqrt(2 * math.pi)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), phi + np.asarray(x) * density,
+                               atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)

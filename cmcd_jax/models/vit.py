@@ -4,7 +4,8 @@ Pre-LayerNorm blocks (multi-head self-attention with a fused qkv projection, the
 MLP; every projection a :class:`Dense` with a faster kernel gradient on CPU), a learned position embedding, a final LayerNorm and mean pooling over the patch
 tokens; no class token. The defaults are ViT-Tiny with 4x4 patches (width 192, depth 12,
 3 heads, MLP 768), the ``vit_t4`` of ``shared/bench/torch_reference.py``, with the same
-parameter count per layer (LayerNorm epsilon 1e-5 and exact-erf GELU as in PyTorch).
+parameter count per layer (LayerNorm epsilon 1e-5 and exact-erf GELU, :func:`gelu`, as in
+PyTorch).
 """
 
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Dtype = Any
@@ -30,6 +32,15 @@ def patchify(x: jax.Array, patch: int) -> jax.Array:
     x = x[:, : h * patch, : w * patch]
     x = x.reshape(n, h, patch, w, patch, channels).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, h, w, patch * patch * channels)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU ``x * Phi(x)`` as PyTorch computes it, ``x (1 + erf(x / sqrt 2)) / 2``.
+
+    ``jax.nn.gelu(approximate=False)`` uses ``erfc``, which XLA:CPU evaluates ~5x slower
+    than ``erf`` (3.6 vs 0.7 ms for a ViT-T/4 MLP activation, batch 64).
+    """
+    return 0.5 * x * (1.0 + lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
 @jax.custom_vjp
@@ -129,7 +140,7 @@ class TransformerBlock(nn.Module):
         y = nn.LayerNorm(LN_EPSILON, dtype=self.dtype, name="ln1")(x)
         x = x + SelfAttention(self.num_heads, self.dtype, name="attn")(y)
         y = nn.LayerNorm(LN_EPSILON, dtype=self.dtype, name="ln2")(x)
-        y = nn.gelu(Dense(self.mlp_dim, self.dtype, name="fc1")(y), approximate=False)
+        y = gelu(Dense(self.mlp_dim, self.dtype, name="fc1")(y))
         return x + Dense(d, self.dtype, name="fc2")(y)
 
 

@@ -112,16 +112,17 @@ def teacher_table(teacher, teacher_variables: dict, records, source: str,
                   use_projection: bool, chunk: int = 256) -> np.ndarray:
     """(records, 2, dim) float32: the frozen teacher's output (projection or backbone
     features) on every record's `source` input, plain and mirrored (left-right)."""
-    @jax.jit
-    def outputs(x):
-        features, projection = teacher.apply(teacher_variables, x, train=False)
+    @jax.jit  # The variables are an argument: closed over, they would be baked in as constants.
+    def outputs(variables, x):
+        features, projection = teacher.apply(variables, x, train=False)
         return projection if use_projection else features
 
     rows = []
     for start in range(0, len(records), chunk):
         indices = range(start, min(start + chunk, len(records)))
         x = pipeline.load_arrays(records, (source,), indices=indices)[source]
-        rows.append(np.stack([np.asarray(outputs(x)), np.asarray(outputs(x[:, :, ::-1]))], 1))
+        rows.append(np.stack([np.asarray(outputs(teacher_variables, view))
+                              for view in (x, x[:, :, ::-1])], 1))
     return np.concatenate(rows).astype(np.float32)
 
 

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import flax
 import jax
@@ -83,6 +83,14 @@ def build_model(spec: dict, head: dict) -> EncoderWithHead:
     kind = kwargs.pop("kind")
     heads = {"projection": ProjectionHead, "linear": LinearClassifier}
     return EncoderWithHead(make_encoder(spec["name"], **spec["kwargs"]), heads[kind](**kwargs))
+
+
+def embed_chunks(model, variables, chunks: Iterable[np.ndarray]) -> tuple:
+    """(features, head outputs) of `model` in inference mode on each chunk of inputs,
+    concatenated as numpy arrays (one compilation per chunk shape)."""
+    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    outs = [apply(variables, jnp.asarray(x)) for x in chunks]
+    return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(2))
 
 
 def init_variables(model, rng: jax.Array, example: jax.Array) -> dict:

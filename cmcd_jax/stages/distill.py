@@ -112,18 +112,15 @@ def teacher_table(teacher, teacher_variables: dict, records, source: str,
                   use_projection: bool, chunk: int = 256) -> np.ndarray:
     """(records, 2, dim) float32: the frozen teacher's output (projection or backbone
     features) on every record's `source` input, plain and mirrored (left-right)."""
-    @jax.jit  # The variables are an argument: closed over, they would be baked in as constants.
-    def outputs(variables, x):
-        features, projection = teacher.apply(variables, x, train=False)
-        return projection if use_projection else features
+    def both_views():  # Record by record: plain, mirrored; a chunk of records at a time.
+        for start in range(0, len(records), chunk):
+            indices = range(start, min(start + chunk, len(records)))
+            x = pipeline.load_arrays(records, (source,), indices=indices)[source]
+            yield np.stack([x, x[:, :, ::-1]], 1).reshape(-1, *x.shape[1:])
 
-    rows = []
-    for start in range(0, len(records), chunk):
-        indices = range(start, min(start + chunk, len(records)))
-        x = pipeline.load_arrays(records, (source,), indices=indices)[source]
-        rows.append(np.stack([np.asarray(outputs(teacher_variables, view))
-                              for view in (x, x[:, :, ::-1])], 1))
-    return np.concatenate(rows).astype(np.float32)
+    features, projection = common.embed_chunks(teacher, teacher_variables, both_views())
+    out = projection if use_projection else features
+    return out.reshape(len(records), 2, -1).astype(np.float32)
 
 
 def distill_batches(config, dataset: sources.Dataset, mesh, table: np.ndarray | None = None):

@@ -62,10 +62,8 @@ def load_eval_data(config, dataset: sources.Dataset) -> dict:
 
 def embed(model, variables, inputs: np.ndarray, batch_size: int = 500) -> tuple:
     """(features, head outputs) of `model` in inference mode, as numpy arrays."""
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    outs = [apply(variables, jnp.asarray(inputs[i:i + batch_size]))
-            for i in range(0, len(inputs), batch_size)]
-    return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in range(2))
+    return common.embed_chunks(model, variables, (inputs[i:i + batch_size]
+                                                  for i in range(0, len(inputs), batch_size)))
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,

@@ -53,8 +53,12 @@ def _case_id(case):
     return f"k{kh}x{kw}-s{sh}x{sw}-{pad}-{size}px-c{cin}"
 
 
+@pytest.mark.parametrize("phase_input_grad", [True, False], ids=["phases", "xla_input_grad"])
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_conv2d_forward_and_grads_match_xla(case):
+def test_conv2d_forward_and_grads_match_xla(case, phase_input_grad, monkeypatch):
+    # Strided cases take the input gradient by stride phases (threshold 0) or XLA's transpose.
+    min_pixels = 0 if phase_input_grad else 10**9
+    monkeypatch.setattr(conv_lib, "PHASE_INPUT_GRAD_MIN_PIXELS", min_pixels)
     kernel_hw, strides, padding, size, cin = case
     rng = np.random.default_rng(0)
     x = _randn(rng, (2, size, size, cin))

@@ -4,7 +4,9 @@ On XLA:CPU the kernel (weight) gradient of ``lax.conv_general_dilated`` can be s
 slower than its forward pass (XLA computes it as a convolution over the batch axis, which
 is slow for large batches of small feature maps) and dominates conv-net train steps.
 :func:`conv2d` keeps XLA's forward and input gradient (``jax.vjp`` of the conv with the
-kernel closed over) but computes the kernel gradient itself from shifted slices: for each
+kernel closed over; for strided convs on 8x8+ output maps the input gradient is instead a
+stride-1 conv per stride phase, :func:`_input_grad_phases`, which skips XLA's convolution over
+a zero-dilated gradient) but computes the kernel gradient itself from shifted slices: for each
 kernel offset ``(i, j)`` the strided slice of the padded input that lines up with the output
 is contracted with the output gradient over batch and spatial axes, giving ``(C_in, C_out)``,
 and the ``K*K`` results are stacked to HWIO. Two forms, chosen by shape:
@@ -60,6 +62,10 @@ DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 #: Module-level default: ``None`` = auto (CPU backend only, per-layer shape rule);
 #: ``True``/``False`` force the custom weight gradient on/off where no explicit choice is given.
 FAST_WEIGHT_GRAD: bool | None = None
+
+#: The custom VJP computes a strided conv's input gradient by stride phases when its output
+#: map has at least this many pixels (XLA's transpose won only on ResNet-18's 4x4 maps).
+PHASE_INPUT_GRAD_MIN_PIXELS = 64
 
 #: Patch size ``K*K*C_in`` up to which the kernel gradient is one im2col matmul.
 IM2COL_MAX_PATCH = 32
@@ -222,6 +228,53 @@ def _kernel_grad_taps(x: Array, g: Array, kernel_shape, strides, pads: Pads) -> 
     return grads.reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
 
 
+def _input_grad_phases(g: Array, kernel: Array, in_hw, strides, pads: Pads) -> Array:
+    """Input gradient of a strided conv as ``s_h * s_w`` stride-1 convs, one per stride phase.
+
+    The padded input's position ``s*q + r`` receives only the kernel taps ``r, r + s, ...``,
+    so phase ``(r_h, r_w)`` of the gradient is ``g`` convolved (stride 1) with the flipped,
+    transposed sub-kernel ``kernel[r_h::s_h, r_w::s_w]``; the phases are interleaved and
+    the padding cropped. XLA's own transpose instead convolves a zero-dilated ``g`` with the
+    whole kernel (1.8-1.9x slower for ResNet-18's stride-2 3x3 convs on 16x16 and 8x8 output
+    maps).
+    """
+    kh, kw, cin, _ = kernel.shape
+    sh, sw = strides
+    n, ho, wo, _ = g.shape
+    (top, bottom), (left, right) = pads
+    qh, qw = -(-(in_hw[0] + top + bottom) // sh), -(-(in_hw[1] + left + right) // sw)
+    rows = []
+    for rh in range(sh):
+        phases = []
+        for rw in range(sw):
+            sub = kernel[rh::sh, rw::sw]
+            mh, mw = sub.shape[:2]
+            if mh == 0 or mw == 0:  # kernel smaller than the stride: no tap lands here
+                phases.append(jnp.zeros((n, qh, qw, cin), g.dtype))
+                continue
+            sub = jnp.flip(sub, (0, 1)).transpose(0, 1, 3, 2)
+            phase_pads = ((mh - 1, qh - ho), (mw - 1, qw - wo))
+            phases.append(_plain_conv(g, sub.astype(g.dtype), (1, 1), phase_pads))
+        rows.append(jnp.stack(phases, axis=3))  # (N, qh, qw, sw, C_in)
+    dx = jnp.stack(rows, axis=2).reshape(n, qh * sh, qw * sw, cin)
+    return dx[:, top : top + in_hw[0], left : left + in_hw[1]]
+
+
+def _input_grad(x: Array, kernel: Array, g: Array, strides, padding) -> Array:
+    """Input gradient: by stride phases for strided convs on large enough output maps
+    (:data:`PHASE_INPUT_GRAD_MIN_PIXELS`), else XLA's transpose of the conv."""
+    pads = _explicit_pads(padding, x.shape[1:3], kernel.shape[:2], strides)
+    phased = (
+        max(strides) > 1
+        and g.shape[1] * g.shape[2] >= PHASE_INPUT_GRAD_MIN_PIXELS
+        and min(p for pair in pads for p in pair) >= 0
+    )
+    if phased:
+        return _input_grad_phases(g, kernel, x.shape[1:3], strides, pads).astype(x.dtype)
+    _, input_vjp = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding), x)
+    return input_vjp(g)[0]
+
+
 def _kernel_grad(x: Array, g: Array, kernel_shape, strides, padding) -> Array:
     """HWIO kernel gradient of the conv from shifted-slice matmuls (f32 accumulation)."""
     kh, kw, cin, _ = kernel_shape
@@ -242,8 +295,7 @@ def _conv2d_fast_fwd(x, kernel, strides, padding):
 
 def _conv2d_fast_bwd(strides, padding, residuals, g):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding), x)
-    (dx,) = input_vjp(g)
+    dx = _input_grad(x, kernel, g, strides, padding)
     dk = _kernel_grad(x, g.astype(x.dtype), kernel.shape, strides, padding)
     return dx, dk.astype(kernel.dtype)
 

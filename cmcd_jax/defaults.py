@@ -3,6 +3,10 @@
 import ml_collections
 
 
+#: Unpaired source images step 1 trains on beside the paired ones (cmcd_shapes): M >> m.
+SOURCE_POOL = 12000
+
+
 def stage(steps: int, batch_size: int, learning_rate: float, **extra):
     """Duration, batch and AdamW settings of one training stage."""
     return ml_collections.ConfigDict(dict(
@@ -22,14 +26,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.dataset = "cmcd_shapes"
     c.data = dict(config_name="32", data_dir="", dir="", resolution=32, pairing="instance",
-                  audio_sample_rate=16000, source="image", target="sketch")
+                  audio_sample_rate=16000, source="image", target="sketch",
+                  source_pool=SOURCE_POOL, num_pairs=0)
     c.methods = "cmc,cmd,l2,target_only,random_init"
     c.num_seeds = 1
     c.gap_levels = ""
     c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(16, 32, 64),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
-    c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4)
+    c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4, reuse_teacher=True)
     c.distill = stage(400, 128, 2e-3, teacher_export="", cache_teacher=False)
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")
@@ -73,6 +78,11 @@ HELP = {
     "data.pairing": "'instance' (the dataset's pairs) or 'label' (a random same-class "
                     "partner, re-drawn every epoch: a weaker assumption)",
     "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz)",
+    "data.source_pool": "cmcd_shapes only (other datasets have the records they have): "
+                        "unpaired source images (cmcd_shapes_source) that step 1 trains on "
+                        "beside the paired ones (0: none)",
+    "data.num_pairs": "cmcd_shapes: use the first m train records (the paired set, and all "
+                      "the target data any method sees); 0: all",
     "data.source": "the rich modality of the teacher (step 1)",
     "data.target": "the modality distilled into (steps 2 and 3)",
     "methods": "comma-separated; ours: cmc, cmd; baselines: l2, socket, target_only, "
@@ -92,6 +102,9 @@ HELP = {
     "loss_chunk_size": "> 0: memory-lean loss over column chunks (large global batches)",
     "pretrain.temperature": "NT-Xent temperature of SimCLR",
     "pretrain.colour_jitter": "colour-jitter strength on RGB views",
+    "pretrain.reuse_teacher": "keep the step-1 teacher in the TFDS data dir "
+                              "(cmcd_jax_teachers/<key of data and step-1 config>) and reuse "
+                              "it in every later run with the same key",
     "distill.teacher_export": "a path: use that export as the teacher and skip step 1",
     "distill.cache_teacher": "compute the teacher's outputs once (plain and mirrored source) "
                              "and look them up instead of a forward per step; needs "

@@ -113,11 +113,19 @@ def results_table(results: dict) -> str:
              f"Seeds: {', '.join(map(str, results.get('seeds', [results.get('seed')])))}",
              "",
              "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    teacher = results["teacher"]
+    lines.append(f"| teacher (probe on {results['source']}) | {cell(teacher['probe_top1'])} | "
+                 + " | ".join(["-"] * (len(METRICS) - 1)) + " |")
     for method, row in results["methods"].items():
         cells = [metric_cell(row, k) for k in METRICS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    ref = results["reference"]["source_probe_top1"]
-    lines += ["", f"Reference: the teacher's probe on the source modality: {cell(ref)}"]
+    sizes = results["data"]
+    lines += ["", f"Teacher: {teacher['export']} "
+                  f"({'trained by this run' if teacher['trained_by_this_run'] else 'reused'}). "
+              f"Data: step 1 on {sizes['step1_source']} {results['source']} records "
+              f"({sizes['unpaired_source']} unpaired), step 2 on {sizes['pairs']} pairs, "
+              f"step 3 on {sizes['labelled_target']} labelled {results['target']} records "
+              f"({sizes['labels_per_class']} per class)."]
     if "sweep" in results:
         lines += ["", "## Gap sweep: target corrupted at each level", "",
                   "| level | method | tv_lower | mmd | probe_top1 | error |",
@@ -273,20 +281,26 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
         return results
     mesh = parallel.make_mesh(config.parallel.num_devices)
     dataset = sources.load_dataset(config)
-    teacher_dir = (pathlib.Path(config.distill.teacher_export) if config.distill.teacher_export
-                   else pretrain.run(config, workdir, dataset, mesh))
+    teacher_dir, teacher = pretrain.teacher(config, workdir, dataset, mesh)
     check_teacher(teacher_dir, config)
+    eval_data = downstream.load_eval_data(config, dataset)
+    teacher["probe_top1"] = downstream.evaluate_teacher(config, teacher_dir, eval_data, mesh)
+    if jax.process_index() == 0:
+        print(f"[pretrain] teacher {teacher_dir}: probe_top1 on {config.data.source} "
+              f"{cell(teacher['probe_top1'])}", file=sys.stderr, flush=True)
     levels = gap_levels(config)
+    few = eval_data["target"]["few_indices"] if eval_data["target"] is not None else []
     results = {"dataset": config.dataset, "source": config.data.source,
                "target": config.data.target,
-               "seeds": [config.seed + k for k in range(config.num_seeds)]}
+               "seeds": [config.seed + k for k in range(config.num_seeds)],
+               "data": {**sources.data_sizes(dataset, config.data.source, config.data.target),
+                        "labels_per_class": config.downstream.labels_per_class,
+                        "labelled_target": len(few)},
+               "teacher": teacher}
     if levels:
         results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels))
     else:
         results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir)
-    reference = downstream.evaluate_teacher(
-        config, teacher_dir, downstream.load_eval_data(config, dataset), mesh)
-    results["reference"] = {"source_probe_top1": reference}
     if jax.process_index() == 0:
         draw_figures(config, workdir, dataset, results)
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
@@ -309,7 +323,7 @@ def draw_figures(config, workdir: pathlib.Path, dataset: sources.Dataset,
     plots.sample_grid([records[i] for i in range(min(8, len(records)))], shown,
                       figures / "samples.png")
     plots.comparison_bars(results["methods"], figures / "comparison.png",
-                          reference=results["reference"]["source_probe_top1"])
+                          reference=results["teacher"]["probe_top1"])
     for distance in ("tv_lower", "mmd") if "sweep" in results else ():
         points = [{"distance": p[distance], "error": p["error"],
                    "label": f"{p['method']} @ {p['level']:g}"} for p in results["sweep"]

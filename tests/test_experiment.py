@@ -163,7 +163,11 @@ def results(**extra):
                                 "tv_lower_std": None, "mmd": 0.012345, "mmd_std": 0.00067},
                         "random_init": {"probe_top1": 0.1, "retrieval_top1": None,
                                         "tv_lower": None, "mmd": None}},
-            "reference": {"source_probe_top1": 0.9}, **extra}
+            "teacher": {"probe_top1": 0.9, "export": "/data/cmcd_jax_teachers/abc/export",
+                        "trained_by_this_run": False},
+            "data": {"step1_source": 18000, "unpaired_source": 12000, "pairs": 6000,
+                     "target_train": 6000, "labels_per_class": 10, "labelled_target": 100},
+            **extra}
 
 
 def table_row(method: str, cells: dict) -> str:
@@ -180,7 +184,12 @@ def test_results_table_renders_mean_std_dashes_and_raw_mmd():
     assert table_row("cmc", {"probe_top1": "61.2 ± 4.6", "tv_lower": "25.0",
                              "mmd": "0.0123 ± 0.0007"}) in lines
     assert table_row("random_init", {"probe_top1": "10.0"}) in lines
-    assert "Reference: the teacher's probe on the source modality: 90.0" in lines
+    assert table_row("teacher (probe on image)", {"probe_top1": "90.0"}) in lines
+    assert lines.index(table_row("teacher (probe on image)", {"probe_top1": "90.0"})) < \
+        lines.index(table_row("random_init", {"probe_top1": "10.0"}))
+    assert ("Teacher: /data/cmcd_jax_teachers/abc/export (reused). Data: step 1 on 18000 image "
+            "records (12000 unpaired), step 2 on 6000 pairs, step 3 on 100 labelled sketch "
+            "records (10 per class).") in lines
     assert not any("Gap sweep" in line for line in lines)
 
 

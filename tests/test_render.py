@@ -146,3 +146,41 @@ def test_audio_is_an_impact_sound():
     assert thirds[0].sum() > thirds[2].sum()  # decays
     spectrum = np.abs(np.fft.rfft(audio))
     assert spectrum.max() > 20 * np.median(spectrum)  # tonal peaks, not noise
+
+
+def _hue(rgb):
+    """HSV hue in [0, 1) of RGB rows."""
+    r, g, b = np.moveaxis(rgb.astype(np.float64), -1, 0)
+    return (np.arctan2(np.sqrt(3) * (g - b), 2 * r - g - b) / (2 * np.pi)) % 1.0
+
+
+def test_typical_colour_touches_the_image_only():
+    for index in range(12):
+        typical, random_hue = _scene(index, typical_colour=1.0), _scene(index, typical_colour=0.0)
+        for key in ('depth', 'sketch', 'audio', 'mask'):
+            np.testing.assert_array_equal(typical[key], random_hue[key])
+        assert typical['label'] == random_hue['label']
+    assert any(not np.array_equal(_scene(i, typical_colour=1.0)['image'],
+                                  _scene(i, typical_colour=0.0)['image']) for i in range(4))
+
+
+@pytest.mark.parametrize('typical_colour, agree', [(1.0, (0.8, 1.0)), (0.0, (0.0, 0.35))])
+def test_main_object_wears_its_class_hue_as_often_as_asked(typical_colour, agree):
+    """The object's median hue is within 0.06 of its class's typical hue on nearly every
+    scene when always asked, and only by chance (about 12% of scenes) when never."""
+    hits = []
+    for index in range(60):
+        s = _scene(index, typical_colour=typical_colour, distractors=False)
+        rgb = s['image'][s['mask'] > 0]
+        grey = rgb.max(-1).astype(int) - rgb.min(-1) < 25  # unsaturated pixels carry no hue
+        hue = np.median(_hue(rgb[~grey])) if (~grey).sum() >= 5 else -1.0
+        distance = abs((hue - render.class_hue(s['label']) + 0.5) % 1.0 - 0.5)
+        hits.append(distance < 0.06)
+    assert agree[0] <= np.mean(hits) <= agree[1]
+
+
+def test_backgrounds_are_low_saturation(scenes):
+    for s in scenes[:50]:
+        rgb = s['image'][s['depth'] >= render.DEPTH_FAR].astype(int)
+        saturation = (rgb.max(-1) - rgb.min(-1)) / np.maximum(rgb.max(-1), 1)
+        assert np.median(saturation) < 0.3

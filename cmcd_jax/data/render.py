@@ -4,7 +4,10 @@ One call to :func:`render_scene` draws a random scene -- a main object of one of
 ``NUM_CLASSES`` 3-D shapes, optional smaller distractors of other classes, a light
 and a textured background -- and returns paired modalities of the same view:
 
-* ``image``  uint8 (R, R, 3): shaded, coloured, textured RGB (the rich source).
+* ``image``  uint8 (R, R, 3): shaded, coloured, textured RGB (the rich source). As with
+  real objects, appearance goes with the class: with probability ``typical_colour`` the main
+  object wears its class's typical hue (``class_hue``), else a random one; backgrounds are
+  low-saturation. Only the image sees colour, so it carries what no target does.
 * ``depth``  float32 (R, R): depth along the camera axis in scene units; pixels
   that hit nothing hold ``DEPTH_FAR``. Objects lie well inside
   ``[DEPTH_NEAR, DEPTH_FAR)``.
@@ -46,6 +49,7 @@ DEPTH_NEAR = 2.0
 DEPTH_FAR = 8.0
 TAN_HALF_FOV = 0.42
 SUPERSAMPLE = 2
+TYPICAL_COLOUR = 0.9       # chance that the main object wears its class's typical hue
 
 _MARCH_SAMPLES = 24        # samples along each ray's chord through a bounding sphere
 _BOUND_RADIUS = 1.05       # object-space bounding sphere (every shape fits in radius 1)
@@ -54,6 +58,8 @@ _CREASE_COS = 0.8          # normals closer than ~37 degrees do not make a creas
 _STROKE_CELL = 3           # dropout cell size in supersampled pixels
 _STROKE_JITTER = 0.9       # std of the smooth stroke displacement, supersampled pixels
 _TEXTURES = ('plain', 'stripes', 'checker', 'noise', 'rings')
+_HUE_SPREAD = 0.02         # std of a typical hue around its class's
+_BACKGROUND_SATURATION = 0.15
 _MARCH = np.linspace(0.0, 1.0, _MARCH_SAMPLES, dtype=np.float32)
 _TETRA = np.array([[1, -1, -1], [-1, -1, 1], [-1, 1, -1], [1, 1, 1]], np.float32)
 
@@ -163,13 +169,39 @@ def _random_look(rng):
             'phase': rng.uniform(0.0, 2 * np.pi, 3).astype(np.float32)}
 
 
-def _random_object(rng, label, scale_range, z_range, spread):
-    """Shape, pose and look of one object whose centre projects within ``spread``."""
+def class_hue(label: int) -> float:
+    """The typical hue (HSV, in [0, 1)) of class ``label``'s objects."""
+    return label / NUM_CLASSES
+
+
+def _typical_look(rng, label, typical_colour):
+    """Material (drawn as in ``_random_look``), and a base colour of the class's typical hue
+    with probability ``typical_colour`` (else a random hue), its darker shade second."""
+    material = MATERIALS[rng.integers(len(MATERIALS))]
+    typical = rng.random() < typical_colour
+    hue = (class_hue(label) + rng.normal(0.0, _HUE_SPREAD)) % 1.0 if typical else rng.uniform()
+    if material == 'wood':
+        value, texture = rng.uniform(0.45, 0.85), 'rings'
+    else:
+        value = rng.uniform(0.2, 0.6) if material == 'rubber' else rng.uniform(0.5, 1.0)
+        texture = _TEXTURES[rng.integers(4)]
+    base = _hsv(hue, rng.uniform(0.6, 1.0), value).astype(np.float32)
+    return {'material': material, 'colours': (base, base * np.float32(rng.uniform(0.35, 0.7))),
+            'texture': texture, 'axes': _rotation(rng).astype(np.float32),
+            'freq': np.float32(rng.uniform(6.0, 12.0)),
+            'phase': rng.uniform(0.0, 2 * np.pi, 3).astype(np.float32)}
+
+
+def _random_object(rng, label, scale_range, z_range, spread, typical_colour=None):
+    """Shape, pose and look of one object whose centre projects within ``spread``; with
+    ``typical_colour`` its colour goes with its class (``_typical_look``)."""
     z = rng.uniform(*z_range)
     x, y = rng.uniform(-spread, spread, 2) * z * TAN_HALF_FOV
-    return {'label': label, 'rot': _rotation(rng).astype(np.float32),
-            'centre': np.array([x, y, z], np.float32), 'scale': rng.uniform(*scale_range),
-            **_random_look(rng)}
+    pose = {'label': label, 'rot': _rotation(rng).astype(np.float32),
+            'centre': np.array([x, y, z], np.float32), 'scale': rng.uniform(*scale_range)}
+    look = _random_look(rng) if typical_colour is None else _typical_look(rng, label,
+                                                                           typical_colour)
+    return {**pose, **look}
 
 
 def _random_distractor(rng, label, main, tries=8):
@@ -304,9 +336,9 @@ def _smooth_field(rng, n, cells, channels):
 
 
 def _background(rng, n):
-    """Colour gradient plus coarse and medium-scale colour noise, (n, n, 3) float32."""
-    c0 = _hsv(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.25, 0.9))
-    c1 = _hsv(rng.uniform(), rng.uniform(0.0, 0.5), rng.uniform(0.25, 0.9))
+    """Low-saturation colour gradient plus coarse and medium-scale colour noise, (n, n, 3)."""
+    c0 = _hsv(rng.uniform(), rng.uniform(0.0, _BACKGROUND_SATURATION), rng.uniform(0.25, 0.9))
+    c1 = _hsv(rng.uniform(), rng.uniform(0.0, _BACKGROUND_SATURATION), rng.uniform(0.25, 0.9))
     angle = rng.uniform(0.0, 2 * np.pi)
     u = (np.arange(n, dtype=np.float32) + 0.5) / n - 0.5
     ramp = np.clip(0.5 + np.cos(angle) * u[None, :] + np.sin(angle) * u[:, None], 0.0, 1.0)
@@ -395,16 +427,17 @@ def _depth(rng, depth, hit, noise):
 
 def render_scene(rng: np.random.Generator, resolution: int = 32, *, sketch_dropout: float = 0.15,
                  depth_noise: float = 0.0, audio_snr_db: float = 10.0,
-                 distractors: bool = True) -> dict:
+                 distractors: bool = True, typical_colour: float = TYPICAL_COLOUR) -> dict:
     """Renders one random scene; see the module docstring for the returned fields.
 
     ``depth_noise`` is the std of Gaussian noise added to object pixels of the depth
     map only, relative to ``DEPTH_FAR - DEPTH_NEAR``. Each modality draws from its
-    own child generator, so these knobs change only their own output.
+    own child generator, so these knobs change only their own output; colour (and
+    ``typical_colour``) is drawn after everything else and touches the image only.
     """
     g_main, g_dist, g_scene, g_sketch, g_audio, g_depth = rng.spawn(6)
     label = int(g_main.integers(NUM_CLASSES))
-    main = _random_object(g_main, label, (0.8, 1.2), (3.4, 4.4), 0.3)
+    main = _random_object(g_main, label, (0.8, 1.2), (3.4, 4.4), 0.3, typical_colour)
     objects = [main] + (_random_distractors(g_dist, main) if distractors else [])
     n = resolution * SUPERSAMPLE
     colour, depth, ident, normal = _cast(objects, _camera_dirs(n), _random_light(g_scene))
@@ -420,3 +453,11 @@ def render_scene(rng: np.random.Generator, resolution: int = 32, *, sketch_dropo
         'audio': _audio(g_audio, label, main['scale'], main['material'], audio_snr_db),
         'label': label,
     }
+
+
+def render_fields(task: tuple) -> dict:
+    """The `fields` of scene `index` of `split`, for `task` = (seed, split, index, resolution,
+    fields): one work item of a process pool (this module imports only numpy)."""
+    seed, split, index, resolution, fields = task
+    scene = render_scene(scene_rng(seed, split, index), resolution)
+    return {k: scene[k] for k in fields}

@@ -2,7 +2,9 @@
 
 Every record is one procedurally rendered scene (see `cmcd_jax.data.render`) seen in five
 paired modalities: `image` (RGB, the source), `depth`, `sketch`, `audio` (targets), plus a
-segmentation `mask` and the class `label`. Generation is deterministic from the config's seed
+segmentation `mask` and the class `label`. `cmcd_shapes_source` holds the paper's large
+unpaired source set for step 1: images of other scenes (their own random stream, so disjoint
+from every paired record), `M` of them. Generation is deterministic from the config's seed
 and needs no download; the files land in the TFDS data dir (`$TFDS_DATA_DIR` or
 `~/tensorflow_datasets` unless one is given) and are read back through `tfds.data_source`.
 """
@@ -10,6 +12,7 @@ and needs no download; the files land in the TFDS data dir (`$TFDS_DATA_DIR` or
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -17,6 +20,9 @@ import tensorflow_datasets as tfds
 from cmcd_jax.data import render, sources
 
 MODALITIES = ("image", "depth", "sketch", "audio")
+#: The split of `cmcd_shapes_source` (and of the image pool): unpaired images.
+UNPAIRED = sources.UNPAIRED
+_RENDER_WORKERS = 2  # Rendering is pure numpy: one process per core of the 2-core default.
 
 
 @dataclasses.dataclass
@@ -32,8 +38,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class CmcdShapes(tfds.core.GeneratorBasedBuilder):
     """Paired image / depth / sketch / audio scenes of 10 classes of 3-D shapes."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Images only: class-typical object colour, low-saturation "
+                              "backgrounds (depth, sketch, audio and masks unchanged)."}
     BUILDER_CONFIGS = [
         ShapesConfig(name="32", description="32x32 scenes (default)."),
         ShapesConfig(name="64", description="64x64 scenes.", resolution=64),
@@ -70,10 +78,49 @@ class CmcdShapes(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, num_examples: int):
         cfg = self.builder_config
-        for index in range(num_examples):
-            rng = render.scene_rng(cfg.seed, split, index)
-            scene = render.render_scene(rng, cfg.resolution)
-            yield index, {k: scene[k] for k in (*MODALITIES, "mask", "label")}
+        fields = (*MODALITIES, "mask", "label")
+        yield from rendered(cfg.seed, split, num_examples, cfg.resolution, fields)
+
+
+def rendered(seed: int, split: str, num_examples: int, resolution: int, fields: tuple):
+    """(index, record) of scenes 0 .. num_examples-1 of `split`, rendered in worker
+    processes (in order: the output is the same as one process's)."""
+    tasks = ((seed, split, i, resolution, fields) for i in range(num_examples))
+    context = multiprocessing.get_context("spawn")  # No fork of a process running JAX.
+    with context.Pool(min(_RENDER_WORKERS, max(num_examples, 1))) as pool:
+        yield from enumerate(pool.imap(render.render_fields, tasks, chunksize=64))
+
+
+@dataclasses.dataclass
+class SourcePoolConfig(tfds.core.BuilderConfig):
+    """`num_unpaired` source images of scenes at `resolution`, from their own random stream."""
+
+    resolution: int = 32
+    num_unpaired: int = 12000
+    seed: int = 0
+
+
+class CmcdShapesSource(tfds.core.GeneratorBasedBuilder):
+    """Unpaired, unlabelled-for-training RGB images of cmcd_shapes scenes (step 1's source
+    set); the label is stored for analysis only: no stage reads it."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        r = self.builder_config.resolution
+        return tfds.core.DatasetInfo(builder=self, description=__doc__, features=(
+            tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(r, r, 3), dtype=np.uint8),
+                "label": tfds.features.ClassLabel(names=render.CLASS_NAMES)})))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {UNPAIRED: self._generate_examples(self.builder_config.num_unpaired)}
+
+    def _generate_examples(self, num_examples: int):
+        cfg = self.builder_config
+        yield from rendered(cfg.seed, UNPAIRED, num_examples, cfg.resolution, ("image", "label"))
 
 
 def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
@@ -84,9 +131,40 @@ def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
     return builder.as_data_source()
 
 
-def load_dataset(config_name: str = "32", data_dir: str | None = None) -> sources.Dataset:
-    """`load_shapes` as a `sources.Dataset`: every record pairs all modalities."""
-    return sources.instance_paired(
-        "cmcd_shapes", load_shapes(config_name, data_dir), MODALITIES,
-        num_classes=len(render.CLASS_NAMES), has_mask=True,
-        audio_sample_rate=render.AUDIO_SAMPLE_RATE)
+def load_source_pool(config_name: str, num_unpaired: int, data_dir: str | None = None):
+    """Builds `cmcd_shapes_source/<config_name>-<num_unpaired>` on first use and returns its
+    records: `num_unpaired` images matching `cmcd_shapes/<config_name>`'s resolution."""
+    paired = next(c for c in CmcdShapes.BUILDER_CONFIGS if c.name == config_name)
+    config = SourcePoolConfig(name=f"{config_name}-{num_unpaired}",
+                              resolution=paired.resolution, num_unpaired=num_unpaired,
+                              seed=paired.seed)
+    builder = CmcdShapesSource(config=config, data_dir=data_dir or None,
+                               file_format="array_record")
+    builder.download_and_prepare()
+    return builder.as_data_source()[UNPAIRED]
+
+
+def load_dataset(config_name: str = "32", data_dir: str | None = None,
+                 num_unpaired: int = 0, num_pairs: int = 0) -> sources.Dataset:
+    """`load_shapes` as a `sources.Dataset`: every record pairs all modalities; only the
+    first `num_pairs` train records when > 0 (m: the paired set, and all the target data a
+    method sees); with `num_unpaired` > 0, the image pool also holds that many unpaired
+    images (split `unpaired`), which step 1 trains on with the paired images."""
+    splits = load_shapes(config_name, data_dir)
+    if num_pairs > 0:
+        available = len(splits["train"])
+        if num_pairs > available:
+            raise ValueError(f"config.data.num_pairs={num_pairs}: cmcd_shapes/{config_name} "
+                             f"has {available} train records")
+        splits = {**splits, "train": sources.Records(splits["train"], np.arange(num_pairs))}
+    dataset = sources.instance_paired(
+        "cmcd_shapes", splits, MODALITIES, num_classes=len(render.CLASS_NAMES), has_mask=True,
+        audio_sample_rate=render.AUDIO_SAMPLE_RATE,
+        version=f"cmcd_shapes/{config_name}:{CmcdShapes.VERSION}")
+    if num_unpaired <= 0:
+        return dataset
+    pool = load_source_pool(config_name, num_unpaired, data_dir)
+    pools = {**dataset.pools, "image": {**dataset.pools["image"], UNPAIRED: pool}}
+    return dataclasses.replace(
+        dataset, pools=pools, version=f"{dataset.version}+cmcd_shapes_source/"
+                                      f"{config_name}-{num_unpaired}:{CmcdShapesSource.VERSION}")

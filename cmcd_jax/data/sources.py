@@ -53,6 +53,7 @@ class Dataset:
     num_classes: int = 0
     has_mask: bool = False
     audio_sample_rate: float = 8000.0
+    version: str = ""
 
     def __post_init__(self):
         if self.pairing not in PAIRINGS:
@@ -61,6 +62,45 @@ class Dataset:
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.pools)
+
+
+class Concatenated:
+    """Several record sources read one after another, as one."""
+
+    def __init__(self, *parts: Any):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *map(len, parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+
+UNPAIRED = "unpaired"
+
+
+def unlabelled_records(dataset: Dataset, modality: str):
+    """Every train record of `modality` a self-supervised stage may see: its `train` split
+    and, where the pool has one, its `unpaired` split (labels are never read)."""
+    pool = dataset.pools[modality]
+    parts = [pool["train"], *([pool[UNPAIRED]] if UNPAIRED in pool else [])]
+    return parts[0] if len(parts) == 1 else Concatenated(*parts)
+
+
+def data_sizes(dataset: Dataset, source: str, target: str) -> dict:
+    """The regime actually used: step 1's source records (M, of which unpaired), step 2's
+    train pairs (m) and the target's train records."""
+    unpaired = dataset.pools[source].get(UNPAIRED)
+    return {"step1_source": len(unlabelled_records(dataset, source)),
+            "unpaired_source": 0 if unpaired is None else len(unpaired),
+            "pairs": len(dataset.pairs["train"]) if "train" in dataset.pairs else 0,
+            "target_train": len(dataset.pools[target]["train"])}
 
 
 def instance_paired(name: str, splits: Mapping[str, Any], modalities: tuple[str, ...],
@@ -126,10 +166,14 @@ def with_corrupted_target(dataset: Dataset, target: str, level: float, seed: int
 def load_dataset(config) -> Dataset:
     """The `Dataset` that `config.dataset` and `config.data` name (built on first use)."""
     data = config.data
+    if config.dataset != "cmcd_shapes" and data.num_pairs:
+        raise ValueError(f"config.data.num_pairs={data.num_pairs} sizes the embedded "
+                         f"cmcd_shapes only; {config.dataset} has the pairs it has (set 0)")
     if config.dataset == "cmcd_shapes":
         from cmcd_jax.data import shapes
         check_modalities("cmcd_shapes", shapes.MODALITIES, data.source, data.target)
-        dataset = shapes.load_dataset(data.config_name, data.data_dir or None)
+        dataset = shapes.load_dataset(data.config_name, data.data_dir or None,
+                                      num_unpaired=data.source_pool, num_pairs=data.num_pairs)
     elif config.dataset == "paired_folder":
         from cmcd_jax.data import paired_folder
         if not data.dir:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from cmcd_jax import losses, parallel
+from cmcd_jax import checkpoints, losses, parallel
 from cmcd_jax.data import pipeline, sources
 from cmcd_jax.stages import common
 
@@ -34,8 +38,16 @@ def run(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
         modality: str | None = None, name: str = "pretrain") -> pathlib.Path:
     """SimCLR on `modality` (default: the source) unless `workdir/name`'s export exists;
     returns the export directory. The `ssl_target` baseline runs it on the target."""
-    cfg, modality = config.pretrain, modality or config.data.source
-    records = dataset.pools[modality]["train"]
+    return train_encoder(config, workdir / name, dataset, mesh, modality or config.data.source,
+                         name)
+
+
+def train_encoder(config, stage_dir: pathlib.Path, dataset: sources.Dataset, mesh,
+                  modality: str, name: str) -> pathlib.Path:
+    """SimCLR on every unlabelled train record of `modality` (`sources.unlabelled_records`)
+    in `stage_dir`, unless its export exists; returns the export directory."""
+    cfg = config.pretrain
+    records = sources.unlabelled_records(dataset, modality)
     head = {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
             "out_dim": config.model.proj_dim}
     batches = pipeline.two_view_batches(
@@ -45,7 +57,47 @@ def run(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
     loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature,
                                     chunk_size=cfg.loss_chunk_size or None)
     return common.fit_and_export(
-        name, workdir / name, config, mesh, spec=common.encoder_spec(config, modality, dataset),
+        name, stage_dir, config, mesh, spec=common.encoder_spec(config, modality, dataset),
         head=head, modality=modality, batches=batches,
         example=pipeline.first_input(records, modality), stage_cfg=cfg,
         make_step=lambda model, tx: make_pretrain_step(model, tx, loss_fn))
+
+
+TEACHER_CACHE = "cmcd_jax_teachers"
+
+
+def teacher_key(config, dataset: sources.Dataset) -> str:
+    """What fixes the step-1 teacher: the dataset's version and sizes, the source modality,
+    the step-1 and model settings and the seed (not the target, not where the data lives)."""
+    data = {k: v for k, v in config.data.to_dict().items() if k not in ("target", "data_dir")}
+    step1 = {k: v for k, v in config.pretrain.to_dict().items() if k != "reuse_teacher"}
+    what = {"dataset": dataset.version, "data": data, "pretrain": step1,
+            "model": config.model.to_dict(), "seed": config.seed}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def teacher_stage_dir(config, workdir: pathlib.Path, dataset: sources.Dataset) -> pathlib.Path:
+    """Where step 1 trains the teacher: shared, in the TFDS data dir's `cmcd_jax_teachers/<key>`
+    (`pretrain.reuse_teacher` on a dataset with a version, such as cmcd_shapes), so every run
+    on the same data and step-1 config reuses it; else `workdir/pretrain`."""
+    if not (config.pretrain.reuse_teacher and dataset.version):
+        return workdir / "pretrain"
+    data_dir = config.data.data_dir or os.environ.get(
+        "TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+    return pathlib.Path(data_dir) / TEACHER_CACHE / teacher_key(config, dataset)
+
+
+def teacher(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> tuple:
+    """(export directory, description) of step 1's teacher: `distill.teacher_export` when
+    given, else the shared teacher of this data and step-1 config, trained if missing."""
+    if config.distill.teacher_export:
+        export = pathlib.Path(config.distill.teacher_export)
+        return export, {"export": str(export), "trained_by_this_run": False}
+    stage_dir = teacher_stage_dir(config, workdir, dataset)
+    reused = checkpoints.export_complete(stage_dir / "export")
+    if reused and jax.process_index() == 0:
+        print(f"[pretrain] reusing the teacher in {stage_dir} (same data and step-1 config)",
+              file=sys.stderr)
+    export = train_encoder(config, stage_dir, dataset, mesh, config.data.source, "pretrain")
+    return export, {"export": str(export), "trained_by_this_run": not reused,
+                    "steps": config.pretrain.steps}

@@ -34,7 +34,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = dict(encoder="convnet", encoder_kwargs=dict(widths=(16, 32, 64),
                                                            convs_per_stage=1),
                    proj_hidden_dim=256, proj_dim=64)
-    c.pretrain = stage(400, 128, 2e-3, temperature=0.2, colour_jitter=0.4, reuse_teacher=True)
+    c.pretrain = stage(400, 128, 2e-3, temperature=0.5, colour_jitter=0.4, reuse_teacher=True)
     c.distill = stage(400, 128, 2e-3, teacher_export="", cache_teacher=False)
     c.distill.cmc = dict(temperature=0.07, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.07, teacher_temperature=0.04, variant="cross")

@@ -187,7 +187,8 @@ def comparison_bars(results: Mapping[str, Mapping[str, float | None]],
     ax.bar_label(bars, labels=labels, padding=2)
     ax.margins(y=0.12)
     if reference is not None:
-        ax.axhline(100 * reference, color="black", linestyle="--", label="reference")
+        ax.axhline(100 * reference, color="black", linestyle="--",
+                   label="teacher (probe on source)")
         ax.legend()
     ax.set(ylabel="probe top-1 (%)", title="linear probe accuracy on the target modality")
     ax.grid(axis="y", alpha=0.3)

@@ -151,6 +151,12 @@ def _rotation(rng):
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
+def _texture_frame(rng):
+    """Axes, frequency and phases of an object's solid texture."""
+    return {'axes': _rotation(rng).astype(np.float32), 'freq': np.float32(rng.uniform(6.0, 12.0)),
+            'phase': rng.uniform(0.0, 2 * np.pi, 3).astype(np.float32)}
+
+
 def _random_look(rng):
     """Material, two albedo colours and a solid texture in object coordinates."""
     material = MATERIALS[rng.integers(len(MATERIALS))]
@@ -164,9 +170,7 @@ def _random_look(rng):
     other = _hsv(rng.uniform(), rng.uniform(0.2, 1.0), rng.uniform(0.2, 1.0))
     second = base * rng.uniform(0.35, 0.7) if rng.random() < 0.5 else other
     return {'material': material, 'colours': (base.astype(np.float32), second.astype(np.float32)),
-            'texture': texture, 'axes': _rotation(rng).astype(np.float32),
-            'freq': np.float32(rng.uniform(6.0, 12.0)),
-            'phase': rng.uniform(0.0, 2 * np.pi, 3).astype(np.float32)}
+            'texture': texture, **_texture_frame(rng)}
 
 
 def class_hue(label: int) -> float:
@@ -187,9 +191,7 @@ def _typical_look(rng, label, typical_colour):
         texture = _TEXTURES[rng.integers(4)]
     base = _hsv(hue, rng.uniform(0.6, 1.0), value).astype(np.float32)
     return {'material': material, 'colours': (base, base * np.float32(rng.uniform(0.35, 0.7))),
-            'texture': texture, 'axes': _rotation(rng).astype(np.float32),
-            'freq': np.float32(rng.uniform(6.0, 12.0)),
-            'phase': rng.uniform(0.0, 2 * np.pi, 3).astype(np.float32)}
+            'texture': texture, **_texture_frame(rng)}
 
 
 def _random_object(rng, label, scale_range, z_range, spread, typical_colour=None):

@@ -20,8 +20,6 @@ import tensorflow_datasets as tfds
 from cmcd_jax.data import render, sources
 
 MODALITIES = ("image", "depth", "sketch", "audio")
-#: The split of `cmcd_shapes_source` (and of the image pool): unpaired images.
-UNPAIRED = sources.UNPAIRED
 _RENDER_WORKERS = 2  # Rendering is pure numpy: one process per core of the 2-core default.
 
 
@@ -116,11 +114,12 @@ class CmcdShapesSource(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {UNPAIRED: self._generate_examples(self.builder_config.num_unpaired)}
+        return {sources.UNPAIRED: self._generate_examples(self.builder_config.num_unpaired)}
 
     def _generate_examples(self, num_examples: int):
         cfg = self.builder_config
-        yield from rendered(cfg.seed, UNPAIRED, num_examples, cfg.resolution, ("image", "label"))
+        yield from rendered(cfg.seed, sources.UNPAIRED, num_examples, cfg.resolution,
+                            ("image", "label"))
 
 
 def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
@@ -141,7 +140,7 @@ def load_source_pool(config_name: str, num_unpaired: int, data_dir: str | None =
     builder = CmcdShapesSource(config=config, data_dir=data_dir or None,
                                file_format="array_record")
     builder.download_and_prepare()
-    return builder.as_data_source()[UNPAIRED]
+    return builder.as_data_source()[sources.UNPAIRED]
 
 
 def load_dataset(config_name: str = "32", data_dir: str | None = None,
@@ -164,7 +163,7 @@ def load_dataset(config_name: str = "32", data_dir: str | None = None,
     if num_unpaired <= 0:
         return dataset
     pool = load_source_pool(config_name, num_unpaired, data_dir)
-    pools = {**dataset.pools, "image": {**dataset.pools["image"], UNPAIRED: pool}}
+    pools = {**dataset.pools, "image": {**dataset.pools["image"], sources.UNPAIRED: pool}}
     return dataclasses.replace(
         dataset, pools=pools, version=f"{dataset.version}+cmcd_shapes_source/"
                                       f"{config_name}-{num_unpaired}:{CmcdShapesSource.VERSION}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 import sys
 
@@ -82,9 +81,9 @@ def teacher_stage_dir(config, workdir: pathlib.Path, dataset: sources.Dataset) -
     on the same data and step-1 config reuses it; else `workdir/pretrain`."""
     if not (config.pretrain.reuse_teacher and dataset.version):
         return workdir / "pretrain"
-    data_dir = config.data.data_dir or os.environ.get(
-        "TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
-    return pathlib.Path(data_dir) / TEACHER_CACHE / teacher_key(config, dataset)
+    from tensorflow_datasets.core import constants  # TFDS's own default ($TFDS_DATA_DIR)
+    data_dir = pathlib.Path(config.data.data_dir or constants.DATA_DIR)
+    return data_dir / TEACHER_CACHE / teacher_key(config, dataset)
 
 
 def teacher(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> tuple:

@@ -1,7 +1,9 @@
 """launch/colab_quickstart.ipynb runs headless, top to bottom, on the tiny dataset."""
 
+import gc
 import json
 import sys
+import warnings
 
 import nbformat
 import pytest
@@ -58,6 +60,10 @@ def test_notebook_runs_the_tiny_quickstart(tmp_path, data_dir):
     finally:  # A kernel manager we pass in is ours to shut down.
         if km.has_kernel:
             run_sync(km.shutdown_kernel)(now=True)
+        del client, km
+        with warnings.catch_warnings():  # The kernel client's zmq sockets are collected
+            warnings.simplefilter("ignore", ResourceWarning)  # here, not in a later test.
+            gc.collect()
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     for cell in code:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import shutil
 import sys
 
@@ -19,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+import cmcd_jax
 from cmcd_jax import checkpoints, parallel
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import sources
@@ -75,23 +77,98 @@ def check_teacher(teacher_dir: pathlib.Path, config) -> None:
                          f"config.data.source={config.data.source!r}")
 
 
+MARKER = "cmcd_jax_run.json"
+CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+#: Top-level files and folders a run writes besides its stage folders (`method_dir`,
+#: `pretrain`, `seed_<s>`, `gap_<level>`).
+RUN_FILES = (MARKER, CONFIG_FILE, LOCK_FILE, "results.json", "results.md", "figures")
+
+
+def is_run_entry(name: str) -> bool:
+    """Whether a top-level workdir entry is one a run writes."""
+    stages = {"pretrain", *(method_dir(pathlib.Path(), m).parts[0] for m in METHODS)}
+    return (name in RUN_FILES or name in stages
+            or re.fullmatch(r"seed_-?\d+|gap_[0-9.e+-]+", name) is not None)
+
+
+def is_marked(workdir: pathlib.Path) -> bool:
+    """Whether `workdir` holds the marker a run writes when it claims its workdir."""
+    try:
+        return json.loads((workdir / MARKER).read_text())["project"] == "cmcd_jax"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def run_entries(workdir: pathlib.Path) -> list[pathlib.Path]:
+    """The top-level entries of the run in `workdir`; a ValueError when the workdir is not
+    marked as a cmcd_jax run or holds anything a run does not write."""
+    if not is_marked(workdir):
+        raise ValueError(f"workdir {workdir} holds a {CONFIG_FILE} but no {MARKER}, so it is "
+                         f"not a cmcd_jax run: nothing deleted; use another --workdir")
+    entries = sorted(workdir.iterdir())
+    foreign = [p.name for p in entries if not is_run_entry(p.name)]
+    if foreign:
+        raise ValueError(f"workdir {workdir} holds entries cmcd_jax did not write: "
+                         f"{', '.join(foreign)}; nothing deleted; move them away or use "
+                         f"another --workdir")
+    return entries
+
+
+def saved_work(entries: list[pathlib.Path]) -> list[pathlib.Path]:
+    """What a run saved under `entries`: results, method rows, exports and checkpoints."""
+    def is_saved(path: pathlib.Path) -> bool:
+        return (path.name in ("results.json", "row.json")
+                or (path.name == checkpoints.META_FILE and path.parent.name == "export")
+                or (path.parent.name == "ckpt" and path.name.isdigit()))
+    found = [p for e in entries if e.is_dir() for p in e.rglob("*") if is_saved(p)]
+    return sorted(found + [e for e in entries if is_saved(e)])
+
+
+def kept_teachers(old: dict, config, workdir: pathlib.Path) -> set[pathlib.Path]:
+    """Entries holding a teacher that `config` would reuse: `pretrain` when the old run
+    trained the same teacher there, or the entry holding `distill.teacher_export`."""
+    if config.distill.teacher_export:
+        export, root = pathlib.Path(config.distill.teacher_export).resolve(), workdir.resolve()
+        inside = export.relative_to(root).parts if export.is_relative_to(root) else ()
+        return {workdir / inside[0]} if inside else set()
+    return {workdir / "pretrain"} if pretrain.same_teacher(old, config) else set()
+
+
 def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> None:
-    """Writes config.json, refusing a workdir that holds a run of a different config unless
-    `overwrite`, which deletes that run first."""
+    """Marks `workdir` as this config's run (the marker, then config.json); a run of the same
+    config is accepted as is, to resume.
+
+    A run of a different config that saved nothing (no checkpoint, export, row or results)
+    is replaced; one that did is refused unless `overwrite`. Replacing deletes what that run
+    wrote (only that, and never a teacher `config` would reuse); anything else in the
+    workdir, or a workdir without the marker, is refused even then."""
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.json"
+    path = workdir / CONFIG_FILE
     resolved = config.to_json(sort_keys=True, indent=2)
-    if path.exists() and json.loads(path.read_text()) != json.loads(resolved):
-        if not overwrite:
-            raise ValueError(f"workdir {workdir} holds a run of a different config ({path}); "
-                             f"use another --workdir, or --overwrite to delete that run")
+    old = json.loads(path.read_text()) if path.exists() else None
+    if old is not None and old != json.loads(resolved):
+        saved = saved_work([p for p in workdir.iterdir() if is_run_entry(p.name)])
+        if saved and not overwrite:
+            raise ValueError(f"workdir {workdir} holds a run of a different config ({path}) "
+                             f"that saved {saved[0].relative_to(workdir)}; use another "
+                             f"--workdir, or --overwrite to delete that run")
+        entries = run_entries(workdir)
+        kept = kept_teachers(old, config, workdir) | {workdir / LOCK_FILE}
         if jax.process_index() == 0:
-            print(f"deleting the run of another config in {workdir} (--overwrite)",
-                  file=sys.stderr)
-            for child in workdir.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    if jax.process_index() == 0 and not path.exists():
-        path.write_text(resolved)
+            print(f"deleting the run of another config in {workdir} "
+                  f"({'--overwrite' if saved else 'it saved nothing'})"
+                  + "".join(f"; keeping {p.name}/, a teacher this config reuses"
+                            for p in sorted(kept) if p.is_dir()), file=sys.stderr)
+            for entry in entries:
+                if entry not in kept:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    if jax.process_index() == 0:
+        if not is_marked(workdir):
+            marker = {"project": "cmcd_jax", "version": cmcd_jax.__version__}
+            (workdir / MARKER).write_text(json.dumps(marker, indent=2))
+        if not path.exists():
+            path.write_text(resolved)
 
 
 def cell(value, scale: float = 100, digits: int = 1) -> str:

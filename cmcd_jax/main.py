@@ -13,8 +13,9 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete a run of a different config found "
-                                "in --workdir instead of refusing to start.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the run of a different config "
+                                "found in --workdir (only what cmcd_jax wrote there, never a "
+                                "teacher the new config reuses) instead of refusing to start.")
 _CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List every option of --config "
                                   "(value and meaning) and exit.")
 flags.mark_flags_as_required(["config"])

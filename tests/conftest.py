@@ -1,5 +1,6 @@
 """Shared fixtures: the tiny cmcd_shapes build, and a runner for the command line."""
 
+import hashlib
 import json
 import os
 import pathlib
@@ -17,6 +18,13 @@ xla_defaults.apply()  # In-process tests run with the flags the entry points use
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command-line tests compile the same programs again and again: share XLA's results.
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="cmcd_jax_xla_cache_")
+
+
+def tree_digest(root: pathlib.Path) -> dict:
+    """{relative path: sha256 of a file's bytes, or 'dir'} of everything under `root`: equal
+    before and after an action that changed, added and deleted nothing there."""
+    return {p.relative_to(root).as_posix(): "dir" if p.is_dir() else
+            hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from scipy import stats
 
 from cmcd_jax import defaults, experiment
 from cmcd_jax.data import sources
+from conftest import tree_digest
 
 # --- gap_levels / check_config -------------------------------------------------------------
 
@@ -241,29 +242,35 @@ def test_spearman_is_none_when_undefined(x, y):
 # --- claim_workdir -------------------------------------------------------------------------
 
 
+def touch(workdir, *relatives: str) -> None:
+    """Files (with their folders) under `workdir`, as a run would have written them."""
+    for relative in relatives:
+        (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / relative).write_text(relative)
+
+
 def test_claim_workdir_refuses_another_config_keeps_files_and_overwrites(tmp_path):
     workdir = tmp_path / "run"
     first = config()
     experiment.claim_workdir(first, workdir)
     written = json.loads((workdir / "config.json").read_text())
     assert written == json.loads(first.to_json())
-    (workdir / "distill" / "cmc").mkdir(parents=True)
-    (workdir / "distill" / "cmc" / "weights").write_text("w")
-    (workdir / "results.json").write_text("{}")
+    assert json.loads((workdir / experiment.MARKER).read_text())["project"] == "cmcd_jax"
+    touch(workdir, "distill/cmc/weights", "results.json")
 
     experiment.claim_workdir(config(), workdir)  # the same config: accepted, nothing deleted
-    assert (workdir / "distill" / "cmc" / "weights").read_text() == "w"
+    assert (workdir / "distill" / "cmc" / "weights").read_text() == "distill/cmc/weights"
 
     second = config(seed=3)
-    with pytest.raises(ValueError, match="--overwrite") as error:
+    before = tree_digest(workdir)
+    with pytest.raises(ValueError, match="that saved results.json; use another --workdir, or "
+                                         "--overwrite") as error:
         experiment.claim_workdir(second, workdir)
     assert str(workdir) in str(error.value)
-    assert (workdir / "distill" / "cmc" / "weights").read_text() == "w"
-    assert (workdir / "results.json").exists()
-    assert json.loads((workdir / "config.json").read_text()) == written
+    assert tree_digest(workdir) == before
 
     experiment.claim_workdir(second, workdir, overwrite=True)
-    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in workdir.iterdir()) == ["cmcd_jax_run.json", "config.json"]
     assert json.loads((workdir / "config.json").read_text()) == json.loads(second.to_json())
     experiment.claim_workdir(second, workdir)  # now the new config is the workdir's
 
@@ -271,7 +278,66 @@ def test_claim_workdir_refuses_another_config_keeps_files_and_overwrites(tmp_pat
 def test_claim_workdir_creates_the_directory(tmp_path):
     workdir = tmp_path / "a" / "b"
     experiment.claim_workdir(config(), workdir, overwrite=True)
-    assert (workdir / "config.json").exists()
+    assert (workdir / "config.json").exists() and (workdir / experiment.MARKER).exists()
+
+
+@pytest.mark.parametrize("marked, message", [
+    (True, "holds entries cmcd_jax did not write: IMPORTANT.txt, src; nothing deleted"),
+    (False, "holds a config.json but no cmcd_jax_run.json, so it is not a cmcd_jax run"),
+])
+def test_overwrite_refuses_a_workdir_the_project_did_not_write(tmp_path, marked, message):
+    workdir = tmp_path / "run"
+    experiment.claim_workdir(config(), workdir)
+    touch(workdir, "IMPORTANT.txt", "src/main.c", "pretrain/ckpt/4/state")
+    if not marked:
+        (workdir / experiment.MARKER).unlink()
+    before = tree_digest(workdir)
+    with pytest.raises(ValueError, match=re.escape(f"workdir {workdir} {message}")):
+        experiment.claim_workdir(config(seed=3), workdir, overwrite=True)
+    assert tree_digest(workdir) == before
+
+
+def test_overwrite_deletes_the_runs_entries_but_a_teacher_the_new_config_reuses(tmp_path):
+    workdir = tmp_path / "run"
+    first = config(**{"pretrain.reuse_teacher": False, "num_seeds": 2, "gap_levels": "0,0.5"})
+    experiment.claim_workdir(first, workdir)
+    teacher = ("pretrain/export/meta.json", "pretrain/ckpt/10/state", "pretrain/metrics.jsonl")
+    touch(workdir, *teacher, "gap_0/seed_0/distill/cmc/export/meta.json",
+          "gap_0.5/seed_1/random_init/row.json", "downstream/target_only/row.json",
+          "ssl_target/export/meta.json", "figures/comparison.png", "results.json",
+          "results.md")
+    kept = {k: v for k, v in tree_digest(workdir).items() if k.startswith("pretrain")}
+
+    second = config(**{"pretrain.reuse_teacher": False, "distill.steps": 3})
+    experiment.claim_workdir(second, workdir, overwrite=True)
+    assert sorted(p.name for p in workdir.iterdir()) == ["cmcd_jax_run.json", "config.json",
+                                                         "pretrain"]
+    assert {k: v for k, v in tree_digest(workdir).items() if k.startswith("pretrain")} == kept
+
+    export = workdir / "pretrain" / "export"  # a teacher the new config names by path
+    third = config(**{"pretrain.steps": 7, "distill.teacher_export": str(export)})
+    experiment.claim_workdir(third, workdir, overwrite=True)
+    assert (export / "meta.json").is_file()
+
+    experiment.claim_workdir(config(**{"pretrain.steps": 7}), workdir, overwrite=True)
+    assert not (workdir / "pretrain").exists()  # another step-1 config: another teacher
+
+
+def test_a_run_that_saved_nothing_is_replaced_without_overwrite(tmp_path):
+    workdir = tmp_path / "run"
+    experiment.claim_workdir(config(), workdir)
+    touch(workdir, "pretrain/metrics.jsonl", "pretrain/ckpt/4.orbax-checkpoint-tmp-1/x",
+          "distill/cmc/events.out.tfevents")
+    second = config(seed=3)
+    experiment.claim_workdir(second, workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == ["cmcd_jax_run.json", "config.json"]
+    assert json.loads((workdir / "config.json").read_text()) == json.loads(second.to_json())
+
+    touch(workdir, "distill/cmc/ckpt/4/state")
+    before = tree_digest(workdir)
+    with pytest.raises(ValueError, match=re.escape("that saved distill/cmc/ckpt/4;")):
+        experiment.claim_workdir(config(), workdir)
+    assert tree_digest(workdir) == before
 
 
 # --- sources.corrupt / Corrupted / with_corrupted_target -----------------------------------

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import run_main
+from conftest import run_main, tree_digest
 
 
 def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
@@ -47,14 +47,22 @@ def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
     assert (workdir / "distill/l2/row.json").is_file()
 
 
-def test_workdir_of_another_config_is_refused(tmp_path, data_dir):
+def test_another_configs_run_is_refused_and_overwrite_spares_what_it_did_not_write(
+        tmp_path, data_dir):
     workdir = tmp_path / "run"
-    workdir.mkdir()
-    (workdir / "config.json").write_text('{"seed": 123}')
-    proc = run_main(workdir, data_dir)
-    assert proc.returncode != 0
-    assert "holds a run of a different config" in proc.stderr
-    assert (workdir / "config.json").read_text() == '{"seed": 123}'
+    for relative, text in (("config.json", '{"seed": 123}'), ("results.json", "{}"),
+                           ("cmcd_jax_run.json", '{"project": "cmcd_jax"}'),
+                           ("IMPORTANT.txt", "notes"), ("src/main.c", "int main;")):
+        (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / relative).write_text(text)
+    before = tree_digest(workdir)
+    for extra, message in (((), "holds a run of a different config"),
+                           (("--overwrite",), "holds entries cmcd_jax did not write: "
+                                              "IMPORTANT.txt, src; nothing deleted")):
+        proc = run_main(workdir, data_dir, *extra)
+        assert proc.returncode != 0
+        assert message in proc.stderr.strip().splitlines()[-1]
+        assert tree_digest(workdir) == before
 
 
 def test_unknown_method_lists_valid_ones(tmp_path, data_dir):

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from cmcd_jax import checkpoints, losses, parallel
@@ -65,14 +66,34 @@ def train_encoder(config, stage_dir: pathlib.Path, dataset: sources.Dataset, mes
 TEACHER_CACHE = "cmcd_jax_teachers"
 
 
-def teacher_key(config, dataset: sources.Dataset) -> str:
-    """What fixes the step-1 teacher: the dataset's version and sizes, the source modality,
-    the step-1 and model settings and the seed (not the target, not where the data lives)."""
+def teacher_settings(config) -> dict:
+    """The config's part that fixes the step-1 teacher: the data's sizes, the source
+    modality, the step-1 and model settings and the seed (not the target, not where the
+    data lives)."""
     data = {k: v for k, v in config.data.to_dict().items() if k not in ("target", "data_dir")}
     step1 = {k: v for k, v in config.pretrain.to_dict().items() if k != "reuse_teacher"}
-    what = {"dataset": dataset.version, "data": data, "pretrain": step1,
-            "model": config.model.to_dict(), "seed": config.seed}
+    return {"data": data, "pretrain": step1, "model": config.model.to_dict(),
+            "seed": config.seed}
+
+
+def teacher_key(config, dataset: sources.Dataset) -> str:
+    """What fixes the step-1 teacher: the dataset's version and `teacher_settings`."""
+    what = {"dataset": dataset.version, **teacher_settings(config)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_teacher(old: dict, config) -> bool:
+    """Whether a run of the config `old` (config.json's contents) trained in its workdir the
+    teacher that `config` would train there: same dataset and `teacher_settings`, and `old`
+    named no teacher export (a run that did trained none)."""
+    try:
+        before = ml_collections.ConfigDict(old)
+        if before.distill.teacher_export:
+            return False
+        what = [{"dataset": c.dataset, **teacher_settings(c)} for c in (before, config)]
+    except (AttributeError, KeyError, TypeError):  # Not a config of this version.
+        return False
+    return json.dumps(what[0], sort_keys=True) == json.dumps(what[1], sort_keys=True)
 
 
 def teacher_stage_dir(config, workdir: pathlib.Path, dataset: sources.Dataset) -> pathlib.Path:

@@ -29,6 +29,7 @@ from cmcd_jax.stages import common, distill, downstream, pretrain
 
 BASELINES = ("target_only", "ssl_target", "random_init")
 METHODS = (*distill.METHODS, *BASELINES)
+TRAINED_STAGES = ("pretrain", "distill", "target_only", "finetune")
 METRICS = ("probe_top1", "retrieval_top1", "seg_miou", "tv_lower", "mmd")
 
 
@@ -67,6 +68,12 @@ def check_config(config) -> None:
     distill.check_cacheable(config)
     if config.data.dir and not pathlib.Path(config.data.dir).is_dir():
         raise ValueError(f"config.data.dir={config.data.dir!r}: no such directory")
+
+
+def check_batch_sizes(config, mesh) -> None:
+    """Every training stage's global batch splits evenly over the mesh's devices."""
+    for stage in TRAINED_STAGES:
+        parallel.check_batch_size(config[stage].batch_size, mesh, f"config.{stage}.batch_size")
 
 
 def check_teacher(teacher_dir: pathlib.Path, config) -> None:
@@ -345,19 +352,28 @@ def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
 
 
 def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
-    """Runs every stage the config asks for (skipping completed ones) and writes results."""
+    """Runs every stage the config asks for (skipping completed ones) and writes results.
+
+    The whole config is checked, the mesh made and the dataset loaded before the workdir is
+    claimed, so a config error leaves nothing behind."""
     workdir = pathlib.Path(workdir)
     check_config(config)
     parallel.initialize_distributed(config.parallel.distributed)
+    mesh = parallel.make_mesh(config.parallel.num_devices)
+    check_batch_sizes(config, mesh)
+    dataset = sources.load_dataset(config)
     claim_workdir(config, workdir, overwrite)
+    return run_stages(config, workdir, dataset, mesh)
+
+
+def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> dict:
+    """`run` in a claimed workdir: the results of a completed run, else every stage."""
     done = workdir / "results.json"
     if done.exists():
         results = json.loads(done.read_text())
         print(f"{workdir} holds a completed run; its results:\n", file=sys.stderr)
         print(results_table(results))
         return results
-    mesh = parallel.make_mesh(config.parallel.num_devices)
-    dataset = sources.load_dataset(config)
     teacher_dir, teacher = pretrain.teacher(config, workdir, dataset, mesh)
     check_teacher(teacher_dir, config)
     eval_data = downstream.load_eval_data(config, dataset)

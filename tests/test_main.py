@@ -110,15 +110,18 @@ def test_quickstart_runs_unchanged_on_eight_devices(tmp_path, data_dir):
     assert set(results["methods"]) == {"cmc", "target_only"}
 
 
-@pytest.mark.parametrize("override, message", [
+@pytest.mark.parametrize("override, message, devices", [
     ("--config.data.target=lidar",
-     "config.data.target='lidar'; valid: image, depth, sketch, audio"),
+     "config.data.target='lidar'; valid: image, depth, sketch, audio", 1),
     ("--config.model.encoder=resnet19",
-     "config.model.encoder='resnet19'; valid: convnet, resnet18"),
-    ("--config.data.target=image", "config.data.source and config.data.target are both"),
+     "config.model.encoder='resnet19'; valid: convnet, resnet18", 1),
+    ("--config.data.target=image", "config.data.source and config.data.target are both", 1),
+    ("--config.finetune.batch_size=12",
+     "config.finetune.batch_size=12 is not divisible by the 8 devices", 8),
 ])
-def test_bad_names_are_refused_before_any_work(tmp_path, data_dir, override, message):
-    proc = run_main(tmp_path / "run", data_dir, override)
+def test_bad_config_is_refused_before_the_workdir_is_claimed(tmp_path, data_dir, override,
+                                                             message, devices):
+    proc = run_main(tmp_path / "run", data_dir, override, devices=devices)
     assert proc.returncode != 0
     assert message in proc.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "run" / "pretrain").exists()
+    assert not (tmp_path / "run").exists()

@@ -9,12 +9,18 @@ the mean and std over seeds; with `gap_levels` each corruption level of the targ
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import pathlib
 import re
 import shutil
+import socket
 import sys
+from collections.abc import Iterator
+from typing import IO
 
 import jax
 import ml_collections
@@ -140,6 +146,49 @@ def kept_teachers(old: dict, config, workdir: pathlib.Path) -> set[pathlib.Path]
         inside = export.relative_to(root).parts if export.is_relative_to(root) else ()
         return {workdir / inside[0]} if inside else set()
     return {workdir / "pretrain"} if pretrain.same_teacher(old, config) else set()
+
+
+class WorkdirInUse(OSError):
+    """Another process holds the workdir's lock."""
+
+
+def locked_file(path: pathlib.Path) -> IO[str]:
+    """`path` opened and locked (an exclusive, non-blocking flock): WorkdirInUse naming the
+    process written in it when another holds the lock; opened again when its holder removed
+    it between our open and our lock."""
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "(not yet written)"
+            f.close()
+            raise WorkdirInUse(f"workdir {path.parent} is in use by process {holder}, which "
+                               f"holds {path}; wait for it to end, or use another "
+                               f"--workdir") from None
+        if path.exists() and os.path.samestat(os.fstat(f.fileno()), path.stat()):
+            return f
+        f.close()
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+    """Within the block, process 0 holds an advisory lock on `workdir/.lock` (which names it:
+    pid and host), so a second run on the workdir fails at once; the file is removed after."""
+    if jax.process_index():
+        yield
+        return
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / LOCK_FILE
+    with locked_file(path) as f:
+        f.truncate(0)
+        f.write(f"{os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
 
 
 def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> None:
@@ -362,8 +411,9 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
     mesh = parallel.make_mesh(config.parallel.num_devices)
     check_batch_sizes(config, mesh)
     dataset = sources.load_dataset(config)
-    claim_workdir(config, workdir, overwrite)
-    return run_stages(config, workdir, dataset, mesh)
+    with workdir_lock(workdir):
+        claim_workdir(config, workdir, overwrite)
+        return run_stages(config, workdir, dataset, mesh)
 
 
 def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> dict:

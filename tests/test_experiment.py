@@ -3,6 +3,7 @@ the results table, Spearman, the workdir claim; and the target corruption of the
 
 import dataclasses
 import json
+import os
 import re
 import types
 
@@ -321,6 +322,20 @@ def test_overwrite_deletes_the_runs_entries_but_a_teacher_the_new_config_reuses(
 
     experiment.claim_workdir(config(**{"pretrain.steps": 7}), workdir, overwrite=True)
     assert not (workdir / "pretrain").exists()  # another step-1 config: another teacher
+
+
+def test_workdir_lock_refuses_a_second_holder_naming_its_pid(tmp_path):
+    workdir = tmp_path / "run"
+    with experiment.workdir_lock(workdir):
+        before = tree_digest(workdir)
+        with pytest.raises(experiment.WorkdirInUse,
+                           match=f"workdir {workdir} is in use by process {os.getpid()} on "):
+            with experiment.workdir_lock(workdir):
+                pass
+        assert tree_digest(workdir) == before
+    assert not (workdir / experiment.LOCK_FILE).exists()
+    with experiment.workdir_lock(workdir):  # released
+        pass
 
 
 def test_a_run_that_saved_nothing_is_replaced_without_overwrite(tmp_path):

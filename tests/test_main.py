@@ -1,10 +1,12 @@
 """The command line end to end on the tiny dataset: results, rerun, refusals."""
 
 import json
+import os
 import shutil
 
 import pytest
 
+from cmcd_jax import experiment
 from conftest import run_main, tree_digest
 
 
@@ -62,6 +64,17 @@ def test_another_configs_run_is_refused_and_overwrite_spares_what_it_did_not_wri
         proc = run_main(workdir, data_dir, *extra)
         assert proc.returncode != 0
         assert message in proc.stderr.strip().splitlines()[-1]
+        assert tree_digest(workdir) == before
+
+
+def test_a_second_run_on_a_workdir_in_use_names_the_holder(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    with experiment.workdir_lock(workdir):
+        before = tree_digest(workdir)
+        proc = run_main(workdir, data_dir)
+        assert proc.returncode != 0
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"cmcd_jax: error: workdir {workdir} is in use by process {os.getpid()} on ")
         assert tree_digest(workdir) == before
 
 

@@ -283,6 +283,22 @@ def _source_absent_from_test(folder, rows, column):
     return test[0]["line"], "manifest.csv"
 
 
+def _symlink_outside(folder, rows, column):
+    row = _first(rows, column)
+    secret = folder.parent / "secret.png"
+    (folder / row[column]).rename(secret)
+    (folder / row[column]).symlink_to(secret)
+    return row["line"], row[column]
+
+
+def _latin1_manifest(folder, rows, column):
+    rows[1][column] = "image/caf\xe9.png"
+    rewrite_manifest(folder, rows)
+    manifest = folder / "manifest.csv"
+    manifest.write_bytes(manifest.read_text().encode("latin-1"))
+    return rows[1]["line"], "manifest.csv"
+
+
 BAD_INPUTS = {
     "missing file": ("image", _missing_file, "file not found"),
     "unreadable image": ("image", _overwrite(b"not a png"), "cannot read"),
@@ -290,6 +306,11 @@ BAD_INPUTS = {
     "unreadable wav": ("audio", _overwrite(b"RIFF\x00\x00"), "cannot read"),
     "mask not a class map": ("mask", _rgb_mask, "2-D class map"),
     "inconsistent shapes": ("image", _small_image, "(8, 8, 3) uint8 but"),
+    "cell outside the folder": ("image", _edit_cell("../../outside/secret.png"),
+                                "resolves outside the folder"),
+    "absolute cell": ("depth", _edit_cell("/abs/secret.npy"), "resolves outside the folder"),
+    "symlink out of the folder": ("image", _symlink_outside, "resolves outside the folder"),
+    "manifest not UTF-8": ("image", _latin1_manifest, "not UTF-8 text (byte 0xe9"),
     "unknown extension": ("image", _edit_cell("image/photo.bmp"), "unknown extension"),
     "unknown column": ("image", _rename_header, "unknown column"),
     "split not an identifier": ("split", _edit_cell("my split"), "not an identifier"),

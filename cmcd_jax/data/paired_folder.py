@@ -1,10 +1,11 @@
 """Paired folders: the user's own data, built once into a TFDS array_record dataset.
 
-A folder holds `manifest.csv` and the files it names. Its header has `split`, one column per
-modality (`image`, `sketch`, `depth`, `audio` or any other lowercase name), and optionally
-`label` and `mask`. Each further line is one sample: its split (an identifier other than
-`all`; `train` and `test` are required), per modality a path relative to the folder (empty
-when the sample lacks that modality), its label (a class name or a non-negative integer id;
+A folder holds `manifest.csv` (UTF-8) and the files it names. Its header has `split`, one
+column per modality (`image`, `sketch`, `depth`, `audio` or any other lowercase name), and
+optionally `label` and `mask`. Each further line is one sample: its split (an identifier
+other than `all`; `train` and `test` are required), per modality a path relative to the
+folder that stays inside it once resolved, symlinks included (empty when the sample lacks
+that modality), its label (a class name or a non-negative integer id;
 empty when unlabelled) and its mask.
 
 Files become raw record fields as `cmcd_jax.data.sources` describes them:
@@ -36,6 +37,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import os
 import pathlib
@@ -115,9 +117,14 @@ def _check_header(path: pathlib.Path, header: list[str]) -> None:
 
 
 def _row_files(path: pathlib.Path, line: int, cells: Mapping[str, str]) -> dict[str, str]:
-    """The row's non-empty file cells, each with an extension valid for its column."""
+    """The row's non-empty file cells, each inside the folder (`path`'s, resolved) once
+    resolved, symlinks included, and with an extension valid for its column."""
     files = {c: v for c, v in cells.items() if c not in ("split", "label") and v}
     for column, relative in files.items():
+        if not (path.parent / relative).resolve().is_relative_to(path.parent):
+            raise manifest_error(path, line, f"column {column!r} {relative!r}",
+                                 f"resolves outside the folder {path.parent}; every file "
+                                 f"must lie inside it")
         valid = EXTENSIONS.get(column, OTHER_EXTENSIONS)
         if os.path.splitext(relative)[1].lower() not in valid:
             raise manifest_error(path, line, relative,
@@ -162,17 +169,27 @@ def _parse_row(path: pathlib.Path, line: int, header: list[str], cells: list[str
     return line, split, _row_files(path, line, row), row.get("label", "")
 
 
+def manifest_text(path: pathlib.Path) -> str:
+    """The manifest's text; a ValueError naming the file and row when it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise manifest_error(path, data[:e.start].count(b"\n") + 1, None,
+                             f"not UTF-8 text (byte {data[e.start]:#04x} at offset "
+                             f"{e.start}); save the manifest as UTF-8") from None
+
+
 def read_manifest(directory: str | os.PathLike) -> Manifest:
     """Parses and checks `directory`/manifest.csv (columns, splits, extensions, labels)."""
     path = pathlib.Path(directory).resolve() / MANIFEST
     if not path.is_file():
         raise ValueError(f"{path}: no such manifest")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [c.strip() for c in next(reader, [])]
-        _check_header(path, header)
-        raw = [_parse_row(path, reader.line_num, header, cells)
-               for cells in reader if any(c.strip() for c in cells)]
+    reader = csv.reader(io.StringIO(manifest_text(path), newline=""))
+    header = [c.strip() for c in next(reader, [])]
+    _check_header(path, header)
+    raw = [_parse_row(path, reader.line_num, header, cells)
+           for cells in reader if any(c.strip() for c in cells)]
     labels, names = parse_labels(path, [(line, text) for line, _, _, text in raw])
     rows = tuple(Row(line, split, files, label)
                  for (line, split, files, _), label in zip(raw, labels))

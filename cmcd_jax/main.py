@@ -46,8 +46,9 @@ def main(argv) -> None:
 
 
 def one_line(error: Exception) -> str:
-    """An exception's message (however nested or multi-line) as one line."""
-    text = str(error.args[0]) if error.args else str(error)
+    """An exception's message (however nested or multi-line) as one line: its one argument,
+    else the whole message (an OS error's with its path, a codec error's with the byte)."""
+    text = str(error.args[0]) if len(error.args) == 1 else str(error)
     return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cmcd_jax import experiment
+from cmcd_jax import experiment, main
 from conftest import run_main, tree_digest
 
 
@@ -76,6 +76,28 @@ def test_a_second_run_on_a_workdir_in_use_names_the_holder(tmp_path, data_dir):
         assert proc.stderr.strip().splitlines()[-1].startswith(
             f"cmcd_jax: error: workdir {workdir} is in use by process {os.getpid()} on ")
         assert tree_digest(workdir) == before
+
+
+def test_a_workdir_that_is_a_file_is_named_with_the_os_error(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    workdir.write_text("my notes")
+    proc = run_main(workdir, data_dir)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"cmcd_jax: error: [Errno 17] File exists: '{workdir}'")
+    assert workdir.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("error, line", [
+    (OSError(30, "Read-only file system", "/mnt/ro/run"),
+     "[Errno 30] Read-only file system: '/mnt/ro/run'"),
+    (UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte"),
+     "'utf-8' codec can't decode byte 0xe9 in position 0: invalid continuation byte"),
+    (ValueError("first line\n  second"), "first line second"),
+    (KeyError("key"), "key"),
+])
+def test_one_line_keeps_the_whole_message(error, line):
+    assert main.one_line(error) == line
 
 
 def test_unknown_method_lists_valid_ones(tmp_path, data_dir):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
+import operator
 import os
 import pathlib
 import re
@@ -27,7 +29,7 @@ import ml_collections
 import numpy as np
 
 import cmcd_jax
-from cmcd_jax import checkpoints, parallel
+from cmcd_jax import checkpoints, losses, parallel
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import sources
 from cmcd_jax.models import IMAGE_ENCODERS
@@ -56,6 +58,25 @@ def gap_levels(config) -> list[float]:
     return levels
 
 
+#: Durations, batch sizes, temperatures and learning rates: each must be finite and > 0.
+POSITIVE_KEYS = (
+    "log_every", "checkpoint.every", "checkpoint.keep", "downstream.labels_per_class",
+    "downstream.probe_steps", "downstream.probe_learning_rate", "downstream.seg_steps",
+    "downstream.seg_batch_size", "downstream.seg_learning_rate", "pretrain.temperature",
+    "distill.cmc.temperature", "distill.cmd.student_temperature",
+    "distill.cmd.teacher_temperature",
+    *(f"{s}.{k}" for s in TRAINED_STAGES for k in ("steps", "batch_size", "learning_rate")))
+
+
+def check_positive(config) -> None:
+    """Fails naming the first of `POSITIVE_KEYS` that is not finite and > 0."""
+    for key in POSITIVE_KEYS:
+        value = functools.reduce(operator.getitem, key.split("."), config)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"config.{key}={value!r}; it must be "
+                             f"{'> 0' if isinstance(value, int) else 'finite and > 0'}")
+
+
 def check_config(config) -> None:
     """Fails early, naming the key, on values no stage could run with."""
     unknown = [m for m in method_list(config) if m not in METHODS]
@@ -70,6 +91,15 @@ def check_config(config) -> None:
                          f"{', '.join(downstream.PROBE_MODES)}")
     if config.num_seeds < 1:
         raise ValueError(f"config.num_seeds={config.num_seeds}; it must be >= 1")
+    if config.distill.cmd.variant not in losses.CMD_VARIANTS:
+        raise ValueError(f"config.distill.cmd.variant={config.distill.cmd.variant!r}; valid: "
+                         f"{', '.join(losses.CMD_VARIANTS)}")
+    if config.dataset == "cmcd_shapes":
+        from cmcd_jax.data import shapes
+        if config.data.config_name not in shapes.CONFIG_NAMES:
+            raise ValueError(f"config.data.config_name={config.data.config_name!r}; valid: "
+                             f"{', '.join(shapes.CONFIG_NAMES)}")
+    check_positive(config)
     gap_levels(config)
     distill.check_cacheable(config)
     if config.data.dir and not pathlib.Path(config.data.dir).is_dir():

@@ -63,6 +63,22 @@ def test_check_config_accepts_the_defaults_and_every_method(tmp_path):
     ({"num_seeds": -2}, "config.num_seeds=-2"),
     ({"gap_levels": "0,3"}, "config.gap_levels='0,3'"),
     ({"data.dir": "/no/such/dir/cmcd"}, "config.data.dir='/no/such/dir/cmcd': no such directory"),
+    ({"distill.cmd.variant": "foo"}, "config.distill.cmd.variant='foo'; valid: cross, within"),
+    ({"data.config_name": "huge"}, "config.data.config_name='huge'; valid: 32, 64, tiny"),
+    ({"distill.steps": 0}, "config.distill.steps=0; it must be > 0"),
+    ({"pretrain.steps": -5}, "config.pretrain.steps=-5; it must be > 0"),
+    ({"downstream.probe_steps": 0}, "config.downstream.probe_steps=0; it must be > 0"),
+    ({"checkpoint.every": 0}, "config.checkpoint.every=0; it must be > 0"),
+    ({"downstream.labels_per_class": 0}, "config.downstream.labels_per_class=0; it must be"),
+    ({"pretrain.temperature": 0.0}, "config.pretrain.temperature=0.0; it must be finite and"),
+    ({"distill.cmd.teacher_temperature": -0.1}, "config.distill.cmd.teacher_temperature=-0.1"),
+    ({"distill.cmc.temperature": float("inf")}, "config.distill.cmc.temperature=inf; it must"),
+    ({"target_only.batch_size": 0}, "config.target_only.batch_size=0; it must be > 0"),
+    ({"downstream.seg_batch_size": -8}, "config.downstream.seg_batch_size=-8; it must be > 0"),
+    ({"distill.learning_rate": float("nan")}, "config.distill.learning_rate=nan; it must be "
+                                              "finite and > 0"),
+    ({"finetune.learning_rate": -1e-3}, "config.finetune.learning_rate=-0.001; it must be"),
+    ({"downstream.seg_learning_rate": 0.0}, "config.downstream.seg_learning_rate=0.0; it"),
 ])
 def test_check_config_errors_name_the_key(changes, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -153,6 +153,8 @@ def test_quickstart_runs_unchanged_on_eight_devices(tmp_path, data_dir):
     ("--config.data.target=image", "config.data.source and config.data.target are both", 1),
     ("--config.finetune.batch_size=12",
      "config.finetune.batch_size=12 is not divisible by the 8 devices", 8),
+    ("--config.distill.cmd.variant=foo", "config.distill.cmd.variant='foo'; valid: cross", 1),
+    ("--config.checkpoint.every=0", "config.checkpoint.every=0; it must be > 0", 1),
 ])
 def test_bad_config_is_refused_before_the_workdir_is_claimed(tmp_path, data_dir, override,
                                                              message, devices):

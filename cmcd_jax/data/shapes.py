@@ -89,6 +89,9 @@ def rendered(seed: int, split: str, num_examples: int, resolution: int, fields: 
         yield from enumerate(pool.imap(render.render_fields, tasks, chunksize=64))
 
 
+CONFIG_NAMES = tuple(c.name for c in CmcdShapes.BUILDER_CONFIGS)
+
+
 @dataclasses.dataclass
 class SourcePoolConfig(tfds.core.BuilderConfig):
     """`num_unpaired` source images of scenes at `resolution`, from their own random stream."""

@@ -4,8 +4,10 @@ Overrides work the ml-collections way, e.g. `--config.distill.steps=200`; `--con
 lists every option with its meaning.
 """
 
+import os
 import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,6 +23,7 @@ _CONFIG_HELP = flags.DEFINE_bool("config_help", False, "List every option of --c
 flags.mark_flags_as_required(["config"])
 
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+OVERRIDE_ERRORS = (KeyError, AttributeError, TypeError, ValueError, OSError, flags.Error)
 
 
 def main(argv) -> None:
@@ -52,11 +55,36 @@ def one_line(error: Exception) -> str:
     return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 
+def config_path(argv: list[str]) -> str | None:
+    """The file that --config names (without a `:argument` suffix), if any."""
+    paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    paths += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    return paths[-1].split(":")[0] if paths else None
+
+
+def config_file_error(error: Exception, path: str | None) -> str | None:
+    """`file:line: what` for an error raised by the config file's own code (a syntax error
+    included); None for any other error."""
+    if isinstance(error, SyntaxError) and error.filename == path:
+        return f"{path}:{error.lineno}: syntax error: {error.msg}"
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
+    return f"{path}:{lines[-1]}: {type(error).__name__}: {one_line(error)}" if lines else None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with a config-override mistake reported as one line."""
+    """absl flag parsing, with a mistake in the config file or an override reported as one
+    line."""
+    path = config_path(argv)
+    if path and not os.path.isfile(path):
+        sys.exit(f"cmcd_jax: error: --config={path}: no such file")
     try:
         return flags.FLAGS(argv)
-    except (KeyError, AttributeError, TypeError, ValueError, OSError, flags.Error) as e:
+    except Exception as e:  # The config file's own code may raise anything.
+        located = config_file_error(e, path)
+        if located:
+            sys.exit(f"cmcd_jax: error: {located}")
+        if not isinstance(e, OVERRIDE_ERRORS):
+            raise
         message = one_line(e)
         key = re.search(r"'([^']+)'", message)
         culprit = next((a.split("=")[0] for a in argv[1:] if key and re.search(

@@ -115,6 +115,21 @@ def test_misspelt_config_key_suggests_the_nearest_one(tmp_path, data_dir):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("body, line", [
+    ("def get_config(:\n    pass\n", "{path}:1: syntax error: invalid syntax"),
+    ("from cmcd_jax import defaults\n\ndef get_config():\n    return defaults.nothing()\n",
+     "{path}:4: AttributeError: module 'cmcd_jax.defaults' has no attribute 'nothing'"),
+    (None, "--config={path}: no such file")])
+def test_broken_config_file_is_one_line_with_file_and_line(tmp_path, data_dir, body, line):
+    path = tmp_path / "my_config.py"
+    if body is not None:
+        path.write_text(body)
+    proc = run_main(tmp_path / "run", data_dir, config=str(path))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"cmcd_jax: error: {line.format(path=path)}"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_value_type_names_the_flag(tmp_path, data_dir):
     proc = run_main(tmp_path / "run", data_dir, "--config.distill.steps=many")
     assert proc.returncode != 0

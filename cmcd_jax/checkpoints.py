@@ -2,7 +2,8 @@
 
 An export is a directory holding `variables/` (an orbax checkpoint of the encoder-with-head
 variables: params and BatchNorm statistics) and `meta.json` (model name and kwargs, modality,
-step, config hash). `meta.json` is written last, so its presence marks a complete export.
+step, config hash, and the sha256 of the variables). `meta.json` is written last, so its
+presence marks a complete export; the sha256 tells an intact one from a damaged one.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> path
         ckptr.save(directory / "variables", jax.device_get(variables), force=True)
         ckptr.wait_until_finished()
     if jax.process_index() == 0:
+        meta = {**meta, "sha256": fingerprint(variables)}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
 
@@ -41,7 +43,14 @@ def read_meta(directory: str | pathlib.Path) -> dict:
     path = pathlib.Path(directory) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no encoder export at {directory} (missing {META_FILE})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"export {directory} is damaged: {META_FILE} is not JSON ({e})") from e
+    if not isinstance(meta, dict) or not {"encoder", "head", "input_shape"} <= meta.keys():
+        raise ValueError(f"export {directory} is damaged: {META_FILE} lacks the model's "
+                         f"description (encoder, head, input_shape)")
+    return meta
 
 
 def _path_str(path) -> str:
@@ -63,11 +72,34 @@ def check_shapes(stored, expected, directory) -> None:
 
 
 def restore_encoder(directory: str | pathlib.Path, abstract_variables):
-    """Restores an export into the structure (and shardings) of `abstract_variables`."""
+    """Restores an export into the structure (and shardings) of `abstract_variables`;
+    a ValueError names the export when its variables are missing, unreadable or not the
+    ones its meta.json fingerprinted."""
     path = pathlib.Path(directory).absolute() / "variables"
+    expected = read_meta(directory).get("sha256")
     with ocp.StandardCheckpointer() as ckptr:
-        check_shapes(ckptr.metadata(path).item_metadata, abstract_variables, directory)
-        return ckptr.restore(path, abstract_variables)
+        try:
+            stored = ckptr.metadata(path).item_metadata
+        except Exception as e:  # noqa: BLE001 -- any failure to read means damage.
+            raise ValueError(f"export {directory} is damaged: {path} cannot be read "
+                             f"({_reason(e)})") from e
+        if not jax.tree_util.tree_leaves(stored):
+            raise ValueError(f"export {directory} is damaged: {path} holds no readable "
+                             f"variables")
+        check_shapes(stored, abstract_variables, directory)
+        try:
+            variables = ckptr.restore(path, abstract_variables)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"export {directory} is damaged: {path} cannot be restored "
+                             f"({_reason(e)})") from e
+    if expected and fingerprint(variables) != expected:
+        raise ValueError(f"export {directory} is damaged: its variables do not match the "
+                         f"sha256 in its {META_FILE}")
+    return variables
+
+
+def _reason(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
 
 
 def fingerprint(tree) -> str:
@@ -117,8 +149,7 @@ def restore_train(manager: ocp.CheckpointManager, state, iterator):
                 raise ValueError("its contents do not match the fingerprint saved with it")
             return restored["state"]
         except Exception as e:  # noqa: BLE001 -- any failure to read means damage.
-            reason = " ".join(str(e).split())[:200]
-            print(f"checkpoint {manager.directory}/{step} is damaged ({reason}); "
+            print(f"checkpoint {manager.directory}/{step} is damaged ({_reason(e)}); "
                   f"falling back to an earlier one", file=sys.stderr)
     iterator.set_state(start)
     return state

@@ -125,7 +125,8 @@ CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 #: Top-level files and folders a run writes besides its stage folders (`method_dir`,
 #: `pretrain`, `seed_<s>`, `gap_<level>`).
-RUN_FILES = (MARKER, CONFIG_FILE, LOCK_FILE, "results.json", "results.md", "figures")
+RUN_FILES = (MARKER, CONFIG_FILE, LOCK_FILE, "results.json", "results.json.partial", "results.md",
+             "figures")
 
 
 def is_run_entry(name: str) -> bool:
@@ -343,14 +344,13 @@ def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
     data, rows = None, {}
     for method in method_list(config):
         saved = method_dir(workdir, method) / "row.json"
-        if saved.exists():
-            rows[method] = json.loads(saved.read_text())
-        else:
+        rows[method] = read_saved(saved, ("probe_top1",))
+        if rows[method] is None:
             if data is None:
                 data = downstream.load_eval_data(config, dataset)
             rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
                                            teacher_dir)
-            save_row(saved, rows[method])
+            save_json(saved, rows[method])
         print(f"[downstream/{method}] seed {config.seed}: {rows[method]}", file=sys.stderr,
               flush=True)
     return rows
@@ -365,13 +365,32 @@ def method_dir(workdir: pathlib.Path, method: str) -> pathlib.Path:
     return workdir / method
 
 
-def save_row(path: pathlib.Path, row: dict) -> None:
-    """Writes one method's row (process 0 only), atomically: a crash leaves none or all."""
+def save_json(path: pathlib.Path, value: dict) -> None:
+    """Writes `value` as JSON (process 0 only), atomically: a crash leaves none or all."""
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(row, indent=2))
+        partial.write_text(json.dumps(value, indent=2))
         partial.replace(path)
+
+
+def read_saved(path: pathlib.Path, required: tuple[str, ...]) -> dict | None:
+    """The JSON object a run saved in `path`, or None when there is none; a damaged one (not
+    JSON, or without the `required` keys) is reported and None returned, so that the caller
+    rebuilds it from what the stages saved."""
+    if not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        why = f"not JSON ({e})"
+    else:
+        missing = [k for k in required if not isinstance(value, dict) or k not in value]
+        if not missing:
+            return value
+        why = f"no {', '.join(missing)} in it"
+    print(f"{path} is damaged: {why}; rebuilding it", file=sys.stderr)
+    return None
 
 
 def aggregate(per_seed: list[dict]) -> dict:
@@ -448,9 +467,8 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
 
 def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> dict:
     """`run` in a claimed workdir: the results of a completed run, else every stage."""
-    done = workdir / "results.json"
-    if done.exists():
-        results = json.loads(done.read_text())
+    results = read_saved(workdir / "results.json", ("methods", "teacher"))
+    if results is not None:
         print(f"{workdir} holds a completed run; its results:\n", file=sys.stderr)
         print(results_table(results))
         return results
@@ -476,7 +494,7 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
         results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir)
     if jax.process_index() == 0:
         draw_figures(config, workdir, dataset, results)
-        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+        save_json(workdir / "results.json", results)
         (workdir / "results.md").write_text(results_table(results))
         print(results_table(results))
     return results

@@ -1,5 +1,7 @@
 """Runs that survive: SIGKILL then rerun gives the same parameters; SIGTERM saves and exits 0."""
 
+import json
+import shutil
 import signal
 
 import jax
@@ -60,10 +62,12 @@ def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir):
     assert resumed.returncode == 0 and f"resuming from step {step}" in resumed.stderr
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, data_dir):
+@pytest.mark.parametrize("learning_rate", ["1e38", "1e30"])  # The loss, then the params diverge.
+def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, data_dir,
+                                                                   learning_rate):
     workdir = tmp_path / "run"
     proc = run_main(workdir, data_dir, *OVERRIDES, "--config.log_every=100",
-                    "--config.pretrain.learning_rate=1e38")
+                    f"--config.pretrain.learning_rate={learning_rate}")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cmcd_jax: error: [pretrain] non-finite metrics at step ")
@@ -105,3 +109,35 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     assert f"checkpoint {ckpt}/{steps[-1]} is damaged" in resumed.stderr
     assert f"[pretrain] resuming from step {steps[0]}" in resumed.stderr
     assert_same_exports(reference, workdir)
+
+
+def test_damaged_files_of_a_finished_run_are_rebuilt(tmp_path, data_dir, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    with (workdir / "distill/cmc/metrics.jsonl").open("a") as f:
+        f.write('{"step": 9, "lo')  # A kill in the middle of a line.
+    (workdir / "results.json").write_text("{}")
+    row = workdir / "distill/cmc/row.json"
+    row.write_text(row.read_text()[:10])
+    meta = workdir / "pretrain/export/meta.json"
+    meta.write_text(meta.read_text()[:30])
+    shutil.rmtree(workdir / "distill/cmc/export/variables/d")
+
+    rerun = run_main(workdir, data_dir, *OVERRIDES)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for line in (f"{workdir}/results.json is damaged: no methods, teacher in it; rebuilding it",
+                 f"{row} is damaged: not JSON",
+                 f"[pretrain] export {workdir}/pretrain/export is damaged: meta.json is not JSON",
+                 f"[distill/cmc] export {workdir}/distill/cmc/export is damaged",
+                 "metrics.jsonl: dropped its last line, cut short by a killed run"):
+        assert line in rerun.stderr
+    assert "step 1/" not in rerun.stderr  # Rebuilt from the stages' last checkpoints.
+    assert_same_exports(reference, workdir)
+    assert json.loads(meta.read_text()) == json.loads(
+        (reference / "pretrain/export/meta.json").read_text())
+    results = json.loads((workdir / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    assert results["methods"]["cmc"]["probe_top1"] == pytest.approx(
+        expected["methods"]["cmc"]["probe_top1"], abs=0.01)
+    assert all(json.loads(line) for line in
+               (workdir / "distill/cmc/metrics.jsonl").read_text().splitlines())

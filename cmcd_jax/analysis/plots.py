@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -41,10 +42,14 @@ def _figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
 
 def read_losses(metrics_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     """(steps, losses) of a metrics.jsonl, sorted by step; a step logged again (after a
-    resume) keeps its last value."""
+    resume) keeps its last value, a line that is not JSON is reported and skipped."""
     losses = {}
-    for line in metrics_file.read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
+    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            print(f"{metrics_file}:{number}: not JSON, skipped", file=sys.stderr)
+            continue
         if "loss" in row:
             losses[int(row["step"])] = float(row["loss"])
     steps = np.array(sorted(losses), dtype=np.int64)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -139,6 +140,8 @@ class Progress:
         self.name, self.total, self.batch, self.every = name, total_steps, batch_size, every
         self.workdir, self.metrics_file = workdir, workdir / "metrics.jsonl"
         self.is_writer = jax.process_index() == 0  # Only process 0 prints and writes.
+        if self.is_writer:
+            drop_torn_line(self.metrics_file)
         self.start = self.last = time.perf_counter()
         self.last_step = 0
         self.events = None  # Opened on the first log, so skipped stages leave no file.
@@ -173,6 +176,14 @@ class Progress:
         self.events.flush()
 
 
+def drop_torn_line(path: pathlib.Path) -> None:
+    """Cuts from `path` a last line that a killed run left unfinished (no newline)."""
+    data = path.read_bytes() if path.exists() else b""
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+        print(f"{path}: dropped its last line, cut short by a killed run", file=sys.stderr)
+
+
 def data_shard() -> tuple[int, int]:
     """(this process's index, number of processes): each process reads its own records."""
     return jax.process_index(), jax.process_count()
@@ -192,10 +203,11 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     `example` is one unbatched input of `modality`, which fixes the parameter shapes. The
     encoder starts from the export `init_encoder` (fine-tuning) or from scratch.
 
-    A stage whose export is complete is not redone: its directory is returned as is.
+    A stage whose export is complete is not redone: its directory is returned as is. A
+    damaged export is rebuilt (from the stage's last checkpoint, else by training again).
     """
     export_dir = stage_dir / "export"
-    if checkpoints.export_complete(export_dir):
+    if intact_export(name, export_dir, mesh):
         print(f"[{name}] already done: {export_dir}", file=sys.stderr)
         return export_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +219,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
         variables = with_encoder_of(variables, init_encoder, mesh)
     tx = make_optimizer(stage_cfg, stage_cfg.steps)
     state = parallel.replicate(TrainState.create(variables, tx), mesh)
-    step_fn = jax.jit(make_step(model, tx), donate_argnums=0,
+    step_fn = jax.jit(with_param_norm(make_step(model, tx)), donate_argnums=0,
                       out_shardings=parallel.replicated(mesh))
     progress = Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
                         config.log_every)
@@ -222,6 +234,29 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     meta = export_meta(spec, head, modality, example.shape[1:], features.shape[-1],
                        stage_cfg.steps, config)
     return checkpoints.export_encoder(export_dir, state.variables, meta)
+
+
+def with_param_norm(step_fn: Callable) -> Callable:
+    """`step_fn` that also reports the parameters' global norm: a diverged model (its norm
+    overflowing to inf) then stops training like a non-finite loss does."""
+    def step_and_norm(state: TrainState, *args):
+        state, metrics = step_fn(state, *args)
+        return state, {**metrics, "param_norm": optax.global_norm(state.params)}
+    return step_and_norm
+
+
+def intact_export(name: str, export_dir: pathlib.Path, mesh) -> bool:
+    """Whether the stage `name` has its export; a damaged one is reported and removed."""
+    if not checkpoints.export_complete(export_dir):
+        return False
+    try:
+        restore_model(export_dir, mesh)
+        return True
+    except ValueError as e:
+        print(f"[{name}] {e}; rebuilding it", file=sys.stderr)
+    if jax.process_index() == 0:
+        shutil.rmtree(export_dir)
+    return False
 
 
 class Preempted(Exception):

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pytest
 
 from cmcd_jax import xla_defaults
@@ -18,6 +19,14 @@ xla_defaults.apply()  # In-process tests run with the flags the entry points use
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command-line tests compile the same programs again and again: share XLA's results.
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="cmcd_jax_xla_cache_")
+
+
+def assert_close(actual, expected, rtol: float = 1e-5) -> None:
+    """float32 closeness that survives another summation order on another machine: relative
+    `rtol`, and an absolute floor of `rtol` times the largest expected magnitude."""
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    scale = float(np.max(np.abs(expected))) or 1.0
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def tree_digest(root: pathlib.Path) -> dict:

@@ -19,7 +19,7 @@ from cmcd_jax.models import AudioEncoder, ConvNet, ResNet18
 from cmcd_jax.models.encoders import BN_EPSILON, BN_MOMENTUM
 from cmcd_jax.stages import common, distill
 
-from conftest import run_on_eight_devices
+from conftest import assert_close, run_on_eight_devices
 
 
 def bn_inputs(fn):
@@ -223,10 +223,8 @@ def test_socket_loss_gradient_flows_to_the_student_only():
         mu_s, var_s, mu_t, var_t = (np.asarray(a, np.float64) for a in (mu_s, var_s, mu_t, var_t))
         c = mu_s.size
         sd_s, sd_t = np.sqrt(var_s + BN_EPSILON), np.sqrt(var_t + BN_EPSILON)
-        np.testing.assert_allclose(gm, 2 * (mu_s - mu_t) / (c * num_layers), rtol=1e-4,
-                                   atol=1e-7)
-        np.testing.assert_allclose(gv, (sd_s - sd_t) / sd_s / (c * num_layers), rtol=1e-4,
-                                   atol=1e-7)
+        assert_close(gm, 2 * (mu_s - mu_t) / (c * num_layers), rtol=1e-4)
+        assert_close(gv, (sd_s - sd_t) / sd_s / (c * num_layers), rtol=1e-4)
 
 
 def test_socket_loss_rejects_mismatched_architectures():

@@ -15,6 +15,7 @@ from jax import lax
 from cmcd_jax import benchmark
 from cmcd_jax.models import ENCODERS, IMAGE_ENCODERS, ViT
 from cmcd_jax.models.vit import Dense, PatchEmbed, SelfAttention, dense_matmul, gelu, patchify
+from conftest import assert_close
 
 RNG = jax.random.PRNGKey(0)
 STEP_FIELDS = {"framework", "version", "model", "batch", "threads", "step_sec_median",
@@ -75,8 +76,7 @@ def test_reference_optimizers_match_torch_update_rules():
     params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.25])}
     sgd = benchmark.make_tx("resnet18")
     updates, _ = sgd.update(grads, sgd.init(params), params)
-    np.testing.assert_allclose(updates["w"], -0.05 * (grads["w"] + 5e-4 * params["w"]),
-                               rtol=1e-6)
+    assert_close(updates["w"], -0.05 * (grads["w"] + 5e-4 * params["w"]))
     adamw = benchmark.make_tx("vit_t4")
     updates, _ = adamw.update(grads, adamw.init(params), params)
     first = grads["w"] / (jnp.abs(grads["w"]) + 1e-8)  # Adam's bias-corrected first step.
@@ -138,7 +138,7 @@ def test_vit_forward_shapes(size, grid):
     assert np.all(np.isfinite(features))
     tokens = model.apply(variables, x, train=False, return_feature_map=True)
     assert tokens.shape == (2, *grid, 32)
-    np.testing.assert_allclose(tokens.mean(axis=(1, 2)), features, rtol=1e-5, atol=1e-6)
+    assert_close(tokens.mean(axis=(1, 2)), features)
 
 
 def test_patch_embed_equals_strided_conv_with_gradients():
@@ -182,9 +182,9 @@ def test_dense_matmul_gradients_equal_autodiff(x_shape):
     x, kernel = _randn(x_shape), _randn((5, 7), seed=1)
     cotangent = _randn((*x_shape[:-1], 7), seed=2)
     (y, vjp), (y_ref, vjp_ref) = jax.vjp(dense_matmul, x, kernel), jax.vjp(jnp.matmul, x, kernel)
-    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+    assert_close(y, y_ref)
     for g, g_ref in zip(vjp(cotangent), vjp_ref(cotangent)):
-        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-5)
+        assert_close(g, g_ref)
 
 
 def test_dense_has_flax_dense_parameters_and_outputs():
@@ -193,15 +193,13 @@ def test_dense_has_flax_dense_parameters_and_outputs():
     flax_params = nn.Dense(7).init(RNG, x)["params"]
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, flax_params)
     np.testing.assert_allclose(params["kernel"], flax_params["kernel"])
-    np.testing.assert_allclose(Dense(7).apply({"params": params}, x),
-                               nn.Dense(7).apply({"params": params}, x), rtol=1e-6)
+    assert_close(Dense(7).apply({"params": params}, x), nn.Dense(7).apply({"params": params}, x))
 
 
 def test_gelu_is_the_exact_gelu_with_its_derivative():
     x = jnp.linspace(-8.0, 8.0, 4001)
     phi = 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(x, np.float64) / math.sqrt(2.0)))
-    np.testing.assert_allclose(gelu(x), np.asarray(x, np.float64) * phi, atol=2e-6, rtol=1e-6)
+    assert_close(gelu(x), np.asarray(x, np.float64) * phi)
     density = np.exp(-np.asarray(x, np.float64) ** 2 / 2) / math.sqrt(2 * math.pi)
-    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(x), phi + np.asarray(x) * density,
-                               atol=2e-6, rtol=1e-5)
-    np.testing.assert_allclose(gelu(x), jax.nn.gelu(x, approximate=False), atol=2e-6)
+    assert_close(jax.vmap(jax.grad(gelu))(x), phi + np.asarray(x) * density)
+    assert_close(gelu(x), jax.nn.gelu(x, approximate=False))

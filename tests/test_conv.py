@@ -10,18 +10,13 @@ from jax import lax
 import cmcd_jax.models.conv as conv_lib
 from cmcd_jax.models import ConvNet, ResNet
 from cmcd_jax.models.conv import Conv, conv2d, fast_weight_grad_default, use_fast_weight_grad
+from conftest import assert_close
 
 DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _randn(rng, shape, dtype=np.float32):
     return jnp.asarray(rng.normal(size=shape).astype(np.float32), dtype)
-
-
-def _assert_close(actual, expected, rtol=1e-5):
-    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
-    scale = float(np.max(np.abs(expected))) or 1.0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 # (kernel (kh, kw), strides, padding, input size, C_in). The first group is what the encoders
@@ -80,8 +75,8 @@ def test_conv2d_forward_and_grads_match_xla(case, phase_input_grad, monkeypatch)
 
     (y, dx, dk), (y_ref, dx_ref, dk_ref) = both(x, kernel, cotangent)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
-    _assert_close(dx, dx_ref)
-    _assert_close(dk, dk_ref)
+    assert_close(dx, dx_ref)
+    assert_close(dk, dk_ref)
 
 
 @pytest.mark.parametrize("path", ["im2col", "taps"])
@@ -97,7 +92,7 @@ def test_both_kernel_grad_forms_match_autodiff(path):
             kernel_grad(x, g, kernel.shape, strides, pads),
             jax.vjp(conv, kernel)[1](g)[0],
         )
-        _assert_close(*jax.jit(both)(g))
+        assert_close(*jax.jit(both)(g))
 
 
 def test_bf16_grads_keep_dtype_and_are_close():
@@ -110,7 +105,7 @@ def test_bf16_grads_keep_dtype_and_are_close():
     )
     for got, want in zip(grads, ref):
         assert got.dtype == jnp.bfloat16
-        _assert_close(got, want, rtol=5e-2)
+        assert_close(got, want, rtol=5e-2)
 
 
 def _uses_custom_vjp(fn, *args) -> bool:
@@ -210,7 +205,7 @@ def test_train_step_gradients_fast_path_on_equal_off(model):
         return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
     (loss_on, g_on), (loss_off, g_off) = grads(True), grads(False)
-    _assert_close(loss_on, loss_off)
+    assert_close(loss_on, loss_off)
     assert jax.tree_util.tree_structure(g_on) == jax.tree_util.tree_structure(g_off)
     for got, want in zip(jax.tree.leaves(g_on), jax.tree.leaves(g_off)):
-        _assert_close(got, want, rtol=2e-5)
+        assert_close(got, want, rtol=2e-5)

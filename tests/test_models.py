@@ -19,6 +19,7 @@ from cmcd_jax.models import (
     log_mel_spectrogram,
     make_encoder,
 )
+from conftest import assert_close
 
 RNG = jax.random.PRNGKey(0)
 
@@ -83,8 +84,7 @@ def test_batchnorm_train_updates_stats_eval_is_deterministic():
     np.testing.assert_array_equal(out, model.apply(evaluated, x, train=False))
     # Running averages make each example independent of the rest of the batch.
     other = np.concatenate([x[:1], _images(1, batch=1, seed=1)])
-    np.testing.assert_allclose(model.apply(evaluated, other, train=False)[0], out[0],
-                               rtol=1e-5, atol=1e-6)
+    assert_close(model.apply(evaluated, other, train=False)[0], out[0])
 
 
 def _reference_log_mel(wave, sample_rate, n_fft, hop, n_mels, fmin, fmax, eps=1e-6):

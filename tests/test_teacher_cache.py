@@ -8,6 +8,7 @@ import pytest
 from cmcd_jax import defaults, experiment, parallel
 from cmcd_jax.data import pipeline
 from cmcd_jax.stages import common, distill
+from conftest import assert_close
 
 SPEC = {"name": "convnet", "kwargs": {"widths": [4, 8], "convs_per_stage": 1}}
 PAIR = ("image", "sketch")
@@ -70,8 +71,7 @@ def test_teacher_table_holds_the_outputs_on_each_source_and_its_mirror(cache_set
             features, projection = s["teacher"].apply(s["teacher_vars"], view[None],
                                                       train=False)
             expected = projection if use_projection else features
-            np.testing.assert_allclose(table[i, mirrored], np.asarray(expected)[0],
-                                       rtol=1e-5, atol=1e-6)
+            assert_close(table[i, mirrored], np.asarray(expected)[0])
 
 
 def test_cached_steps_train_the_student_as_the_teacher_forward_does(cache_setup):
@@ -100,8 +100,7 @@ def test_cached_steps_train_the_student_as_the_teacher_forward_does(cache_setup)
         params[cached] = state.params
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert losses[True][1] != losses[True][0]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 params[True], params[False])
+    jax.tree.map(lambda a, b: assert_close(a, b, rtol=1e-4), params[True], params[False])
 
 
 @pytest.mark.parametrize("override, message", [

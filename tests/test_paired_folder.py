@@ -3,6 +3,7 @@
 import csv
 import os
 import pathlib
+import re
 import wave
 
 import numpy as np
@@ -248,6 +249,12 @@ def _small_image(folder, rows, column):
     return row["line"], row[column]
 
 
+def _huge_image(folder, rows, column):
+    row = _first(rows, column)
+    Image.new("L", (4097, 4097)).save(folder / row[column])
+    return row["line"], row[column]
+
+
 def _rgb_mask(folder, rows, column):
     row = [r for r in rows if r[column].endswith(".png")][0]
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / row[column])
@@ -311,6 +318,8 @@ BAD_INPUTS = {
     "absolute cell": ("depth", _edit_cell("/abs/secret.npy"), "resolves outside the folder"),
     "symlink out of the folder": ("image", _symlink_outside, "resolves outside the folder"),
     "manifest not UTF-8": ("image", _latin1_manifest, "not UTF-8 text (byte 0xe9"),
+    "image over the pixel limit": ("image", _huge_image, "4097x4097 pixels, over the limit of "
+                                                       "16777216 (4096 squared)"),
     "unknown extension": ("image", _edit_cell("image/photo.bmp"), "unknown extension"),
     "unknown column": ("image", _rename_header, "unknown column"),
     "split not an identifier": ("split", _edit_cell("my split"), "not an identifier"),
@@ -335,20 +344,36 @@ def test_bad_input_names_row_and_file_and_writes_nothing(case, tmp_path, store, 
     assert snapshot(store) == before
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"label_style": "int"}, "manifest.csv row {line}, label '-2': negative label"),
-    ({"label_style": None}, "manifest.csv row 1: label pairing needs labels"),
+@pytest.mark.parametrize("kwargs, label, message", [
+    ({"label_style": "int"}, "-2", "manifest.csv row {line}, label '-2': negative label"),
+    ({"label_style": "int"}, "50000000", "manifest.csv row {line}, label '50000000': integer "
+                                         "ids are class indices below 100000"),
+    ({"label_style": "name"}, "all", "manifest.csv row 2: every labelled row is class 'cat'; "
+                                     "a classifier needs two"),
+    ({"label_style": None}, None, "manifest.csv row 1: label pairing needs labels"),
 ])
-def test_bad_labels(tmp_path, kwargs, message):
+def test_bad_labels(tmp_path, kwargs, label, message):
     folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, **kwargs)
     rows = manifest_rows(folder)
-    if kwargs["label_style"]:
-        rows[2]["label"] = "-2"
-        rewrite_manifest(folder, rows)
+    for row in rows if label == "all" else rows[2:3] if label else []:
+        row["label"] = "cat" if label == "all" else label
+    rewrite_manifest(folder, rows)
     with pytest.raises(ValueError, match=message.format(line=rows[2]["line"])):
         paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
                                          source="image", target="audio", pairing="label")
     assert not (tmp_path / "tfds").exists()
+
+
+def test_unused_integer_class_ids_are_a_warning(tmp_path, capsys):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, label_style="int")
+    rows = manifest_rows(folder)
+    rows[2]["label"] = "50"
+    rewrite_manifest(folder, rows)
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="audio")
+    assert ds.num_classes == 51
+    assert re.search(r"warning: .*manifest.csv: \d+ of the 51 class ids 0..50 label no row",
+                     capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("source, target, message", [

@@ -42,6 +42,7 @@ import math
 import os
 import pathlib
 import re
+import sys
 import wave
 from collections.abc import Mapping
 from typing import IO
@@ -60,7 +61,10 @@ EXTENSIONS = {"image": IMAGE_EXTENSIONS, "sketch": IMAGE_EXTENSIONS, "depth": ("
               "audio": (".wav",), "mask": (".png", ".npy")}
 OTHER_EXTENSIONS = (*IMAGE_EXTENSIONS, ".npy", ".wav")
 COLUMN_NAME = re.compile(r"[a-z][a-z0-9_]*")
-READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, wave.Error)
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, wave.Error,
+               Image.DecompressionBombError)
+MAX_PIXELS = 4096 * 4096  # Larger images are refused before they are decoded.
+MAX_CLASSES = 100_000  # Integer label ids are class indices: 0 .. MAX_CLASSES - 1.
 
 Spec = tuple[tuple[int, ...], np.dtype]
 
@@ -150,10 +154,33 @@ def parse_labels(path: pathlib.Path, cells: list[tuple[int, str]]
             raise manifest_error(path, line, f"label {text!r}", "negative label")
     if numeric[0]:
         ids = [int(text) if text else -1 for _, text in cells]
-        return ids, tuple(str(i) for i in range(max(ids) + 1))
-    names = tuple(sorted({text for _, text in given}))
-    index = {name: i for i, name in enumerate(names)}
-    return [index[text] if text else -1 for _, text in cells], names
+        for (line, text), label in zip(cells, ids):
+            if label >= MAX_CLASSES:
+                raise manifest_error(path, line, f"label {text!r}",
+                                     f"integer ids are class indices below {MAX_CLASSES}; "
+                                     "name the classes instead")
+        names = tuple(str(i) for i in range(max(ids) + 1))
+    else:
+        names = tuple(sorted({text for _, text in given}))
+        index = {name: i for i, name in enumerate(names)}
+        ids = [index[text] if text else -1 for _, text in cells]
+    check_classes(path, cells, ids, names)
+    return ids, names
+
+
+def check_classes(path: pathlib.Path, cells: list[tuple[int, str]], ids: list[int],
+                  names: tuple[str, ...]) -> None:
+    """Refuses labels of a single class; warns about integer ids that no row uses."""
+    used = sorted({label for label in ids if label >= 0})
+    if len(used) == 1:
+        line = next(line for (line, _), label in zip(cells, ids) if label >= 0)
+        raise manifest_error(path, line, None, f"every labelled row is class "
+                                               f"{names[used[0]]!r}; a classifier needs two")
+    unused = len(names) - len(used)
+    if unused:
+        print(f"warning: {path}: {unused} of the {len(names)} class ids 0..{len(names) - 1} "
+              f"label no row (first: {min(set(range(len(names))) - set(used))}); they are "
+              f"classes all the same", file=sys.stderr)
 
 
 def _parse_row(path: pathlib.Path, line: int, header: list[str], cells: list[str]
@@ -323,6 +350,9 @@ def read_file(column: str, file: pathlib.Path, audio_sample_rate: int) -> np.nda
     if extension == ".npy":
         return _array(column, np.load(file, allow_pickle=False))
     with Image.open(file) as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels, over the limit of "
+                             f"{MAX_PIXELS} ({math.isqrt(MAX_PIXELS)} squared): downscale it")
         return _image(column, image)
 
 

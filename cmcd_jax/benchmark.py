@@ -294,7 +294,7 @@ STAGE_CONFIG = '''from cmcd_jax import defaults
 def get_config():
     config = defaults.default_config()
     config.model.encoder = {model!r}
-    config.model.encoder_kwargs = {{}}
+    config.model.encoder_kwargs = config.model.target_encoder_kwargs = {{}}
     return config
 '''
 

@@ -24,7 +24,8 @@ def get_config():
     c.dataset = "spoken_digit_mnist"
     c.data.source, c.data.target = "image", "audio"
     c.data.resolution = 32  # MNIST's 28x28, one channel, resized to 32x32
-    c.model.encoder_kwargs = dict(widths=(32, 64, 128), convs_per_stage=2)
+    c.model.encoder_kwargs = c.model.target_encoder_kwargs = dict(widths=(32, 64, 128),
+                                                                  convs_per_stage=2)
     c.model.proj_dim = 128
     c.pretrain.update(steps=4000, batch_size=256, learning_rate=2e-3, warmup_steps=200)
     c.distill.update(steps=3000, batch_size=128, learning_rate=1e-3, warmup_steps=150)

@@ -98,7 +98,8 @@ def test_stage_command_config_builds_the_model(tmp_path):
     config_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(config_module)
     config = config_module.get_config()
-    assert (config.model.encoder, config.model.encoder_kwargs.to_dict()) == ("vit_t4", {})
+    assert (config.model.encoder, config.model.encoder_kwargs.to_dict(),
+            config.model.target_encoder_kwargs.to_dict()) == ("vit_t4", {}, {})
     cached = benchmark.stage_command(tmp_path, benchmark.parse_args(
         ["--mode", "stage", "--teacher", "cached"]))
     assert cached[-2:] == ["--config.distill.cache_teacher=True",

@@ -3,13 +3,14 @@ step 2, few labels for step 3; and the step-1 teacher built once per data and st
 
 import json
 import shutil
+import types
 
 import numpy as np
 import pytest
 
 from cmcd_jax import defaults
 from cmcd_jax.data import render, shapes, sources
-from cmcd_jax.stages import pretrain
+from cmcd_jax.stages import common, pretrain
 from conftest import run_main
 
 POOL = 48
@@ -62,11 +63,12 @@ def test_num_pairs_beyond_the_train_split_is_refused(data_dir):
         shapes.load_dataset("tiny", str(data_dir), num_pairs=999)
 
 
-def test_teacher_key_ignores_the_target_and_follows_step1(regime):
+def test_teacher_key_ignores_the_target_and_its_encoder_and_follows_step1(regime):
     base = defaults.default_config()
     key = pretrain.teacher_key(base, regime)
     other_target = defaults.default_config()
     other_target.data.target = "audio"
+    other_target.model.target_encoder_kwargs.convs_per_stage = 3
     assert pretrain.teacher_key(other_target, regime) == key
     for change in ("pretrain.steps", "data.source_pool", "seed"):
         changed = defaults.default_config()
@@ -104,3 +106,16 @@ def test_results_record_the_regime_and_a_second_run_reuses_the_teacher(tmp_path,
     assert not again["trained_by_this_run"]
     assert (again["export"], again["probe_top1"]) == (teacher["export"], teacher["probe_top1"])
     assert "(reused)" in (tmp_path / "b" / "results.md").read_text()
+
+
+def test_target_encoders_have_their_own_kwargs_and_the_teacher_the_source_ones():
+    config = defaults.default_config()
+    config.model.encoder_kwargs.convs_per_stage = 1
+    config.model.target_encoder_kwargs.convs_per_stage = 2
+    dataset = types.SimpleNamespace(audio_sample_rate=8000)
+    assert common.encoder_spec(config, "image", dataset)["kwargs"]["convs_per_stage"] == 1
+    assert common.encoder_spec(config, "sketch", dataset)["kwargs"]["convs_per_stage"] == 2
+    config.data.target = "audio"
+    audio = common.encoder_spec(config, "audio", dataset)["kwargs"]
+    assert audio["backbone_kwargs"]["convs_per_stage"] == 2 and audio["sample_rate"] == 8000
+    assert common.encoder_spec(config, "sketch", dataset)["kwargs"]["convs_per_stage"] == 1

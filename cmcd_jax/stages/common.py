@@ -69,8 +69,10 @@ def make_optimizer(opt_cfg, steps: int) -> optax.GradientTransformation:
 
 
 def encoder_spec(config, modality: str, dataset) -> dict:
-    """Name and kwargs of the encoder the config picks for `modality` of `dataset`."""
-    kwargs = config.model.encoder_kwargs.to_dict()
+    """Name and kwargs of the encoder the config picks for `modality` of `dataset`: the
+    target's with `model.target_encoder_kwargs`, any other's with `model.encoder_kwargs`."""
+    kwargs = (config.model.target_encoder_kwargs if modality == config.data.target
+              else config.model.encoder_kwargs).to_dict()
     if modality == "audio":
         return {"name": "audio", "kwargs": {
             "backbone": config.model.encoder, "backbone_kwargs": kwargs,

@@ -68,12 +68,12 @@ TEACHER_CACHE = "cmcd_jax_teachers"
 
 def teacher_settings(config) -> dict:
     """The config's part that fixes the step-1 teacher: the data's sizes, the source
-    modality, the step-1 and model settings and the seed (not the target, not where the
-    data lives)."""
+    modality, the step-1 and model settings and the seed (not the target nor its encoder,
+    not where the data lives)."""
     data = {k: v for k, v in config.data.to_dict().items() if k not in ("target", "data_dir")}
     step1 = {k: v for k, v in config.pretrain.to_dict().items() if k != "reuse_teacher"}
-    return {"data": data, "pretrain": step1, "model": config.model.to_dict(),
-            "seed": config.seed}
+    model = {k: v for k, v in config.model.to_dict().items() if k != "target_encoder_kwargs"}
+    return {"data": data, "pretrain": step1, "model": model, "seed": config.seed}
 
 
 def teacher_key(config, dataset: sources.Dataset) -> str:

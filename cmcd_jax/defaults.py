@@ -39,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
                    proj_hidden_dim=256, proj_dim=64)
     c.pretrain = stage(400, 128, 2e-3, temperature=0.5, colour_jitter=0.4, reuse_teacher=True)
     c.pretrain.min_crop_scale = 0.15
-    c.distill = stage(400, 128, 2e-3, teacher_export="", cache_teacher=False)
+    c.distill = stage(800, 128, 2e-3, teacher_export="", cache_teacher=False)
     c.distill.cmc = dict(temperature=0.2, symmetric=True)
     c.distill.cmd = dict(student_temperature=0.2, teacher_temperature=0.2, variant="cross")
     c.distill.socket = dict(statistics_weight=1.0)

@@ -21,7 +21,7 @@ import re
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import jax
@@ -222,6 +222,28 @@ def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
             path.unlink(missing_ok=True)
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{'distill.steps': 800, ...}: a nested config dict's leaves by dotted key."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_changes(old: dict, new: dict, shown: int = 5) -> list[str]:
+    """'key old -> new' for the first `shown` keys where two configs differ (and how many
+    more)."""
+    before, after = flat(old), flat(new)
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    missing = "(absent)"
+    changes = [f"{k} {json.dumps(before.get(k, missing))} -> {json.dumps(after.get(k, missing))}"
+               for k in keys[:shown]]
+    return changes + ([f"and {len(keys) - shown} more"] if len(keys) > shown else [])
+
+
 def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> None:
     """Marks `workdir` as this config's run (the marker, then config.json); a run of the same
     config is accepted as is, to resume.
@@ -237,9 +259,10 @@ def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> Non
     if old is not None and old != json.loads(resolved):
         saved = saved_work([p for p in workdir.iterdir() if is_run_entry(p.name)])
         if saved and not overwrite:
-            raise ValueError(f"workdir {workdir} holds a run of a different config ({path}) "
-                             f"that saved {saved[0].relative_to(workdir)}; use another "
-                             f"--workdir, or --overwrite to delete that run")
+            changes = ", ".join(config_changes(old, json.loads(resolved)))
+            raise ValueError(f"workdir {workdir} holds a run of a different config ({path} "
+                             f"differs: {changes}) that saved {saved[0].relative_to(workdir)}; use another --workdir "
+                             f"for the new config, or --overwrite to delete that run")
         entries = run_entries(workdir)
         kept = kept_teachers(old, config, workdir) | {workdir / LOCK_FILE}
         if jax.process_index() == 0:
@@ -271,25 +294,55 @@ def metric_cell(row: dict, key: str) -> str:
                                                 f" ± {cell(std, scale, digits)}")
 
 
+def results_header(results: dict) -> list[str]:
+    """The title, seeds and the teacher-and-data line of results.md."""
+    teacher, sizes = results["teacher"], results["data"]
+    return [f"# {results['dataset']}: {results['source']} -> {results['target']}", "",
+            f"Seeds: {', '.join(map(str, results.get('seeds', [results.get('seed')])))}", "",
+            f"Teacher: {teacher['export']} "
+            f"({'trained by this run' if teacher['trained_by_this_run'] else 'reused'}), "
+            f"probe_top1 on {results['source']} {cell(teacher['probe_top1'])}. "
+            f"Data: step 1 on {sizes['step1_source']} {results['source']} records "
+            f"({sizes['unpaired_source']} unpaired), step 2 on {sizes['pairs']} pairs, "
+            f"step 3 on {sizes['labelled_target']} labelled {results['target']} records "
+            f"({sizes['labels_per_class']} per class).", ""]
+
+
+LEGEND = ("probe_top1, retrieval_top1, seg_miou and tv_lower in percent, mmd raw (a squared "
+          "kernel distance); mean ± std over seeds; - where the data cannot give it. tv_lower "
+          "is a lower bound on the total variation distance between the teacher's source and "
+          "the student's target embeddings (95% Clopper-Pearson interval), mmd comes with its "
+          "permutation-test p-value.")
+
+
+def metrics_table(rows: dict[str, dict]) -> list[str]:
+    """{label: metrics row} as a Markdown table, one column per `METRICS`."""
+    return (["| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+            + [f"| {label} | " + " | ".join(metric_cell(row, k) for k in METRICS) + " |"
+               for label, row in rows.items()])
+
+
+def distance_rows(results: dict) -> list[str]:
+    """Each seed's tv_lower interval and MMD p-value, for the methods that have them."""
+    seeds = results.get("seeds", [results.get("seed")])
+    lines = [f"| {method} | {seed} | {cell(r['tv_lower'])} "
+             f"[{cell(r['tv_lower_ci'][0])}, {cell(r['tv_lower_ci'][1])}] | "
+             f"{cell(r['mmd'], 1, 4)} (p {cell(r['mmd_p_value'], 1, 3)}) |"
+             for method, row in results["methods"].items()
+             for seed, r in zip(seeds, row.get("per_seed", [row]))
+             if r.get("tv_lower_ci") is not None and r.get("mmd_p_value") is not None]
+    return (["", "| method | seed | tv_lower [95% CI] | mmd (p-value) |", "|---|---|---|---|",
+             *lines] if lines else [])
+
+
 def results_table(results: dict) -> str:
-    """results.json as Markdown tables (mean ± std over seeds)."""
-    lines = [f"# {results['dataset']}: {results['source']} -> {results['target']}", "",
-             f"Seeds: {', '.join(map(str, results.get('seeds', [results.get('seed')])))}",
-             "",
-             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    """results.json as Markdown: the metrics table (mean ± std over seeds), its legend,
+    each seed's intervals and p-values, and the gap sweep."""
     teacher = results["teacher"]
-    lines.append(f"| teacher (probe on {results['source']}) | {cell(teacher['probe_top1'])} | "
-                 + " | ".join(["-"] * (len(METRICS) - 1)) + " |")
-    for method, row in results["methods"].items():
-        cells = [metric_cell(row, k) for k in METRICS]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    sizes = results["data"]
-    lines += ["", f"Teacher: {teacher['export']} "
-                  f"({'trained by this run' if teacher['trained_by_this_run'] else 'reused'}). "
-              f"Data: step 1 on {sizes['step1_source']} {results['source']} records "
-              f"({sizes['unpaired_source']} unpaired), step 2 on {sizes['pairs']} pairs, "
-              f"step 3 on {sizes['labelled_target']} labelled {results['target']} records "
-              f"({sizes['labels_per_class']} per class)."]
+    rows = {f"teacher (probe on {results['source']})": {"probe_top1": teacher["probe_top1"]},
+            **results["methods"]}
+    lines = [*results_header(results), *metrics_table(rows), "", LEGEND,
+             *distance_rows(results)]
     if "sweep" in results:
         lines += ["", "## Gap sweep: target corrupted at each level", "",
                   "| level | method | tv_lower | mmd | probe_top1 | error |",
@@ -300,6 +353,30 @@ def results_table(results: dict) -> str:
         lines += [""] + [f"Spearman (error vs tv_lower), {m}: {r['tv_lower']}; "
                          f"(error vs mmd): {r['mmd']}" for m, r in results["spearman"].items()]
     return "\n".join(lines) + "\n"
+
+
+def progress_table(config, workdir: pathlib.Path, results: dict) -> str:
+    """results.md of a run still going: the rows of every finished method run (from their
+    `row.json`) and the runs still to do, so a failure later loses nothing to read."""
+    done, todo = {}, []
+    for level in gap_levels(config) or [None]:
+        for seed, seed_dir in seed_dirs(config, level_dir(workdir, level)).items():
+            where = f"seed {seed}" + ("" if level is None else f", gap {level:g}")
+            for method in method_list(config):
+                path = method_dir(seed_dir, method) / "row.json"
+                try:
+                    done[f"{method} ({where})"] = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    todo.append(f"{method} ({where})")
+    return "\n".join([*results_header(results), "**Incomplete**: the rows finished so far; "
+                      f"still to run: {', '.join(todo) or 'nothing'}.", "",
+                      *metrics_table(done), "", LEGEND]) + "\n"
+
+
+def row_summary(row: dict) -> str:
+    """A metrics row as one readable line: 'probe_top1 46.0%, seg_miou 41.1%, mmd 0.0478'."""
+    return ", ".join(f"{k} {metric_cell(row, k)}{'' if k == 'mmd' else '%'}"
+                     for k in METRICS if row.get(k) is not None) or "no metric"
 
 
 def with_seed(config, seed: int) -> ml_collections.ConfigDict:
@@ -337,10 +414,10 @@ def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources
 
 
 def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
-                teacher_dir: pathlib.Path) -> dict:
+                teacher_dir: pathlib.Path, on_row: Callable[[], None] = lambda: None) -> dict:
     """{method: metrics row} of one seed. Each row is kept in `row.json` of the method's
     directory, so a resumed run does not evaluate a finished method again (deleting that
-    directory redoes the method, its row included)."""
+    directory redoes the method, its row included); `on_row()` follows each new row."""
     data, rows = None, {}
     for method in method_list(config):
         saved = method_dir(workdir, method) / "row.json"
@@ -350,9 +427,11 @@ def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
                 data = downstream.load_eval_data(config, dataset)
             rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
                                            teacher_dir)
+            rows[method] = rounded(rows[method])
             save_json(saved, rows[method])
-        print(f"[downstream/{method}] seed {config.seed}: {rows[method]}", file=sys.stderr,
-              flush=True)
+            on_row()
+        print(f"[downstream/{method}] seed {config.seed}: {row_summary(rows[method])}",
+              file=sys.stderr, flush=True)
     return rows
 
 
@@ -365,12 +444,25 @@ def method_dir(workdir: pathlib.Path, method: str) -> pathlib.Path:
     return workdir / method
 
 
+def rounded(value, digits: int = 6):
+    """`value` (nested dicts and lists) with each float rounded to `digits` significant
+    digits: float32 metrics without their noise (0.27, not 0.27000001072883606)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
 def save_json(path: pathlib.Path, value: dict) -> None:
-    """Writes `value` as JSON (process 0 only), atomically: a crash leaves none or all."""
+    """Writes `value` as JSON (process 0 only, floats `rounded`), atomically: a crash
+    leaves none or all."""
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".json.partial")
-        partial.write_text(json.dumps(value, indent=2))
+        partial.write_text(json.dumps(rounded(value), indent=2))
         partial.replace(path)
 
 
@@ -410,14 +502,18 @@ def aggregate(per_seed: list[dict]) -> dict:
     return methods
 
 
-def run_seeds(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
-              teacher_dir: pathlib.Path) -> dict:
-    """Every method for every seed; aggregated rows."""
+def seed_dirs(config, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
+    """{seed: where its stages live}: `workdir` itself for a single seed."""
     seeds = [config.seed + k for k in range(config.num_seeds)]
-    per_seed = [run_methods(with_seed(config, s), workdir if len(seeds) == 1
-                            else workdir / f"seed_{s}", dataset, mesh, teacher_dir)
-                for s in seeds]
-    return aggregate(per_seed)
+    return {s: workdir if len(seeds) == 1 else workdir / f"seed_{s}" for s in seeds}
+
+
+def run_seeds(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+              teacher_dir: pathlib.Path, on_row: Callable[[], None] = lambda: None) -> dict:
+    """Every method for every seed; aggregated rows."""
+    return aggregate([run_methods(with_seed(config, s), seed_dir, dataset, mesh, teacher_dir,
+                                  on_row)
+                      for s, seed_dir in seed_dirs(config, workdir).items()])
 
 
 def spearman(x: list, y: list) -> float | None:
@@ -427,15 +523,21 @@ def spearman(x: list, y: list) -> float | None:
     return None if math.isnan(rho) else round(rho, 4)
 
 
+def level_dir(workdir: pathlib.Path, level: float | None) -> pathlib.Path:
+    """Where the gap sweep's `level` lives (None: no sweep, `workdir` itself)."""
+    return workdir if level is None else workdir / f"gap_{level:g}"
+
+
 def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
-                  teacher_dir: pathlib.Path, levels: list[float]) -> dict:
+                  teacher_dir: pathlib.Path, levels: list[float],
+                  on_row: Callable[[], None]) -> dict:
     """Every method at every corruption level of the target; error against distance."""
     points, by_level = [], {}
     for level in levels:
         corrupted = sources.with_corrupted_target(dataset, config.data.target, level,
                                                   config.seed)
-        by_level[level] = run_seeds(config, workdir / f"gap_{level:g}", corrupted, mesh,
-                                    teacher_dir)
+        by_level[level] = run_seeds(config, level_dir(workdir, level), corrupted, mesh,
+                                    teacher_dir, on_row)
         for method, row in by_level[level].items():
             error = None if row["probe_top1"] is None else 1.0 - row["probe_top1"]
             points.append({"level": level, "method": method, "tv_lower": row["tv_lower"],
@@ -488,10 +590,15 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
                         "labels_per_class": config.downstream.labels_per_class,
                         "labelled_target": len(few)},
                "teacher": teacher}
+    def on_row():
+        if jax.process_index() == 0:
+            (workdir / "results.md").write_text(progress_table(config, workdir, results))
     if levels:
-        results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels))
+        results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels,
+                                     on_row))
     else:
-        results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir)
+        results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir, on_row)
+    results = rounded(results)
     if jax.process_index() == 0:
         draw_figures(config, workdir, dataset, results)
         save_json(workdir / "results.json", results)

@@ -1,7 +1,11 @@
 """Evaluation pieces against independent computations."""
 
-import numpy as np
+import types
 
+import numpy as np
+import pytest
+
+from cmcd_jax import defaults
 from cmcd_jax.stages import downstream
 
 
@@ -27,3 +31,16 @@ def test_retrieval_top1_matches_bruteforce():
                         for i, q in enumerate(queries)])
     assert downstream.retrieval_top1(queries, keys) == expected
     assert downstream.retrieval_top1(keys, keys) == 1.0
+
+
+def test_few_label_batch_is_fitted_to_the_labelled_records(capsys):
+    stage = defaults.default_config().target_only  # batch 64
+    four_devices = types.SimpleNamespace(size=4)
+    assert downstream.fitted_to_labels(stage, 100, four_devices, "k") is stage
+    fitted = downstream.fitted_to_labels(stage, 22, four_devices, "config.target_only.batch_size")
+    assert fitted.batch_size == 20 and fitted.steps == stage.steps and stage.batch_size == 64
+    assert ("config.target_only.batch_size=64 exceeds the 22 labelled records; training on "
+            "batches of 20") in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^k: 3 labelled records cannot fill a batch over the "
+                                         r"4 devices"):
+        downstream.fitted_to_labels(stage, 3, four_devices, "k")

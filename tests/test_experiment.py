@@ -205,10 +205,35 @@ def test_results_table_renders_mean_std_dashes_and_raw_mmd():
     assert table_row("teacher (probe on image)", {"probe_top1": "90.0"}) in lines
     assert lines.index(table_row("teacher (probe on image)", {"probe_top1": "90.0"})) < \
         lines.index(table_row("random_init", {"probe_top1": "10.0"}))
-    assert ("Teacher: /data/cmcd_jax_teachers/abc/export (reused). Data: step 1 on 18000 image "
-            "records (12000 unpaired), step 2 on 6000 pairs, step 3 on 100 labelled sketch "
-            "records (10 per class).") in lines
-    assert not any("Gap sweep" in line for line in lines)
+    assert ("Teacher: /data/cmcd_jax_teachers/abc/export (reused), probe_top1 on image 90.0. "
+            "Data: step 1 on 18000 image records (12000 unpaired), step 2 on 6000 pairs, step 3 "
+            "on 100 labelled sketch records (10 per class).") in lines
+    assert experiment.LEGEND in lines
+    assert not any("Gap sweep" in line or "p-value" in line for line in lines[:-1])
+
+
+def test_results_table_lists_each_seeds_interval_and_p_value():
+    res = results(methods=experiment.aggregate(seed_rows()))
+    lines = experiment.results_table(res).splitlines()
+    assert "| method | seed | tv_lower [95% CI] | mmd (p-value) |" in lines
+    assert "| cmc | 0 | 20.0 [10.0, 30.0] | 0.0120 (p 0.010) |" in lines
+    assert "| cmc | 2 | 25.0 [20.0, 30.0] | 0.0150 (p 0.030) |" in lines
+    assert not any(line.startswith("| target_only | 0 |") for line in lines)
+
+
+def test_rounded_drops_float32_noise_and_keeps_structure():
+    value = {"a": float(np.float32(0.27)), "b": [float(np.float32(1e-5)), None, 3],
+             "c": {"d": 123456.78912, "e": "text", "f": True}}
+    assert experiment.rounded(value) == {"a": 0.27, "b": [1e-5, None, 3],
+                                         "c": {"d": 123457.0, "e": "text", "f": True}}
+    assert json.dumps(experiment.rounded(value)).count("0.27") == 1
+    assert "0.27000001" in json.dumps(value)
+
+
+def test_row_summary_names_each_known_metric_with_its_unit():
+    assert (experiment.row_summary(row(probe_top1=0.46, mmd=0.0478))
+            == "probe_top1 46.0%, mmd 0.0478")
+    assert experiment.row_summary(row()) == "no metric"
 
 
 def test_results_table_single_seed_and_sweep():
@@ -278,18 +303,28 @@ def test_claim_workdir_refuses_another_config_keeps_files_and_overwrites(tmp_pat
     experiment.claim_workdir(config(), workdir)  # the same config: accepted, nothing deleted
     assert (workdir / "distill" / "cmc" / "weights").read_text() == "distill/cmc/weights"
 
-    second = config(seed=3)
+    second = config(seed=3, **{"distill.cmc.temperature": 0.5})
     before = tree_digest(workdir)
-    with pytest.raises(ValueError, match="that saved results.json; use another --workdir, or "
-                                         "--overwrite") as error:
+    with pytest.raises(ValueError, match="that saved results.json; use another --workdir for "
+                                         "the new config, or --overwrite") as error:
         experiment.claim_workdir(second, workdir)
     assert str(workdir) in str(error.value)
+    assert "config.json differs: distill.cmc.temperature 0.2 -> 0.5, seed 0 -> 3)" in str(
+        error.value)
     assert tree_digest(workdir) == before
 
     experiment.claim_workdir(second, workdir, overwrite=True)
     assert sorted(p.name for p in workdir.iterdir()) == ["cmcd_jax_run.json", "config.json"]
     assert json.loads((workdir / "config.json").read_text()) == json.loads(second.to_json())
     experiment.claim_workdir(second, workdir)  # now the new config is the workdir's
+
+
+def test_config_changes_names_the_keys_that_differ_and_counts_the_rest():
+    old = {"a": 1, "b": {"c": "x", "d": [1, 2]}, "gone": 0}
+    new = {"a": 1, "b": {"c": "y", "d": [1, 2], "e": True}}
+    assert experiment.config_changes(old, new) == [
+        'b.c "x" -> "y"', 'b.e "(absent)" -> true', 'gone 0 -> "(absent)"']
+    assert experiment.config_changes(old, new, shown=1) == ['b.c "x" -> "y"', "and 2 more"]
 
 
 def test_claim_workdir_creates_the_directory(tmp_path):
@@ -524,3 +559,25 @@ def test_with_corrupted_target_under_label_pairing():
     np.testing.assert_array_equal(out.pools["sketch"]["train"][0]["sketch"], 0)  # all erased
     assert out.pools["image"]["train"] is train
     np.testing.assert_array_equal(out.pools["sketch"]["test"][1]["image"], test[1]["image"])
+
+
+def test_progress_table_shows_finished_rows_and_what_is_left(tmp_path):
+    c = config(methods="cmc,target_only", num_seeds=2)
+    experiment.save_json(experiment.method_dir(tmp_path / "seed_0", "cmc") / "row.json",
+                         row(probe_top1=0.46))
+    experiment.save_json(experiment.method_dir(tmp_path / "seed_1", "target_only") / "row.json",
+                         row(probe_top1=0.397))
+    text = experiment.progress_table(c, tmp_path, results())
+    assert ("**Incomplete**: the rows finished so far; still to run: target_only (seed 0), "
+            "cmc (seed 1).") in text.splitlines()
+    assert table_row("cmc (seed 0)", {"probe_top1": "46.0"}) in text.splitlines()
+    assert table_row("target_only (seed 1)", {"probe_top1": "39.7"}) in text.splitlines()
+
+
+def test_progress_table_of_a_sweep_names_the_level(tmp_path):
+    c = config(methods="cmc", gap_levels="0,0.5")
+    experiment.save_json(tmp_path / "gap_0.5" / "distill" / "cmc" / "row.json",
+                         row(probe_top1=0.3))
+    lines = experiment.progress_table(c, tmp_path, results()).splitlines()
+    assert table_row("cmc (seed 0, gap 0.5)", {"probe_top1": "30.0"}) in lines
+    assert "still to run: cmc (seed 0, gap 0)." in " ".join(lines)

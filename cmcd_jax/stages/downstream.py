@@ -16,10 +16,13 @@ Every metric a dataset cannot give (no labels, no pairs) is None.
 
 from __future__ import annotations
 
+import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -194,6 +197,22 @@ def make_supervised_step(model, tx: optax.GradientTransformation, input_key: str
     return supervised_step
 
 
+def fitted_to_labels(stage_cfg, num_labelled: int, mesh, key: str):
+    """`stage_cfg` with its batch no larger than the `num_labelled` records it trains on
+    (rounded down to split over the mesh's devices and processes); a note when it shrinks."""
+    step = math.lcm(mesh.size, jax.process_count())
+    fitted = min(stage_cfg.batch_size, num_labelled // step * step)
+    if fitted == stage_cfg.batch_size:
+        return stage_cfg
+    if fitted == 0:
+        raise ValueError(f"{key}: {num_labelled} labelled records cannot fill a batch over "
+                         f"the {mesh.size} devices; label more records or use fewer devices")
+    if jax.process_index() == 0:
+        print(f"{key}={stage_cfg.batch_size} exceeds the {num_labelled} labelled records; "
+              f"training on batches of {fitted}", file=sys.stderr)
+    return ml_collections.ConfigDict({**stage_cfg.to_dict(), "batch_size": fitted})
+
+
 def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Dataset,
                    data: dict, mesh, init_encoder: pathlib.Path | None = None) -> tuple:
     """(test accuracy, export) of the target encoder and a linear head trained on the few
@@ -202,12 +221,13 @@ def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Da
     labels."""
     if data["target"] is None:
         return None, None
-    cfg = config.target_only if init_encoder is None else config.finetune
     key = "target_only" if init_encoder is None else "finetune"
+    few = data["target"]["few_indices"]
+    cfg = fitted_to_labels(config[key], len(few), mesh, f"config.{key}.batch_size")
     modality, records = config.data.target, dataset.pools[config.data.target]["train"]
     batches = pipeline.paired_batches(
         records, (modality,), common.per_process_batch(cfg.batch_size, mesh, f"{key}.batch_size"),
-        config.seed + 2, indices=data["target"]["few_indices"], min_scale=cfg.min_crop_scale,
+        config.seed + 2, indices=few, min_scale=cfg.min_crop_scale,
         jitter=0.0, extra=("label",), shard=common.data_shard())
     export_dir = common.fit_and_export(
         f"downstream/{name}", workdir / "downstream" / name, config, mesh,

@@ -200,6 +200,7 @@ def nt_xent(
     Views are ordered ``[z1_all; z2_all]`` (``2N`` columns). For each anchor view
     the positive is the other view of the same sample; the negatives are the other
     ``2N - 2`` views (self-similarity is excluded). Mean over the ``2N`` anchors.
+    The embeddings are L2-normalised inside (pass them raw): similarities are cosines.
 
     Args:
       z1, z2: ``[n, D]`` two views' embeddings (local slice if ``axis_name``).
@@ -247,7 +248,8 @@ def cmc_loss(
 
     ``L = -1/(2N) sum_i [log softmax_j(zB_i.zA_j/tau)[i] + log softmax_j(zA_i.zB_j/tau)[i]]``.
     ``symmetric=False`` keeps only the target->source term (mean over ``N``).
-    The teacher is ``stop_gradient``-ed.
+    The teacher is ``stop_gradient``-ed. Both embeddings are L2-normalised inside (pass
+    them raw): ``z`` above is the unit vector, so similarities are cosines.
 
     Args:
       z_student: ``[n, D]`` student (target-modality) embeddings.
@@ -299,6 +301,7 @@ def cmd_loss(
     ``p_B^i(j) = softmax_j(zB_i.zA_j / tau_S)`` (``variant='cross'``) or
     ``softmax_j(zB_i.zB_j / tau_S)`` (``variant='within'``);
     ``L = -1/N sum_i sum_j p_A^i(j) log p_B^i(j)``, ``j`` over the global batch.
+    Both embeddings are L2-normalised inside (pass them raw): similarities are cosines.
 
     Args:
       z_student: ``[n, D]`` student (target-modality) embeddings.

@@ -317,9 +317,11 @@ def stage_command(workdir: pathlib.Path, args: argparse.Namespace) -> list[str]:
 
 
 def logged_rates(metrics_file: pathlib.Path) -> list[float]:
-    """``examples_per_sec`` of every line of a stage's ``metrics.jsonl``."""
+    """``examples_per_sec`` of every line of a stage's ``metrics.jsonl`` that has one (an
+    interval holding only the compiling first step has none)."""
     lines = metrics_file.read_text().splitlines() if metrics_file.exists() else []
-    return [json.loads(line)["examples_per_sec"] for line in lines]
+    rows = [json.loads(line) for line in lines]
+    return [row["examples_per_sec"] for row in rows if "examples_per_sec" in row]
 
 
 def run_stage(args: argparse.Namespace, timeout: float = 3600) -> list[float]:

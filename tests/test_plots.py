@@ -1,6 +1,7 @@
 """cmcd_jax.analysis.plots: every figure is a non-blank PNG of the documented size."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -54,7 +55,24 @@ def test_loss_curves_reads_every_stage(tmp_path):
                   [{"step": 10, "loss": 1.5, "examples_per_sec": 100.0}])  # A single step.
     path = plots.loss_curves(tmp_path, tmp_path / "figs" / "loss.png")
     assert path == tmp_path / "figs" / "loss.png"
-    check_png(path, SINGLE)
+    check_png(path, panels_size(2, 1))
+
+
+def panels_size(columns: int, rows: int) -> tuple[int, int]:
+    return (int(round(columns * plots.PANEL[0] * plots.DPI)),
+            int(round(rows * plots.PANEL[1] * plots.DPI)))
+
+
+def test_loss_curves_one_panel_per_stage_one_line_per_seed(tmp_path):
+    for run in ("seed_0", "seed_1", "gap_0.5/seed_0"):
+        for stage in ("pretrain", "distill/cmc", "distill/l2", "ssl_target"):
+            write_metrics(tmp_path / run / stage / "metrics.jsonl",
+                          [{"step": s, "loss": 3.0 / s} for s in range(1, 6)])
+    check_png(plots.loss_curves(tmp_path, tmp_path / "loss.png"), panels_size(3, 2))
+    assert plots.stage_and_run(pathlib.Path("gap_0.5/seed_1/distill/cmc")) == (
+        "distill/cmc", "gap_0.5/seed_1")
+    assert plots.stage_and_run(pathlib.Path("downstream/target_only")) == (
+        "downstream/target_only", "")
 
 
 def test_loss_curves_negative_losses_and_no_metrics(tmp_path):
@@ -62,7 +80,7 @@ def test_loss_curves_negative_losses_and_no_metrics(tmp_path):
         plots.loss_curves(tmp_path, tmp_path / "loss.png")
     write_metrics(tmp_path / "distill" / "crd" / "metrics.jsonl",
                   [{"step": s, "loss": -float(s)} for s in range(1, 4)])
-    check_png(plots.loss_curves(tmp_path, tmp_path / "loss.png"), SINGLE)
+    check_png(plots.loss_curves(tmp_path, tmp_path / "loss.png"), panels_size(1, 1))
 
 
 def test_read_losses_keeps_last_value_of_a_resumed_step(tmp_path):

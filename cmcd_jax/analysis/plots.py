@@ -4,7 +4,8 @@ Every function draws one `matplotlib.figure.Figure` (rendered by the Agg backend
 pyplot, so importing this module leaves a notebook's backend alone), saves it to `path`
 (creating its directory) at `DPI` and returns the path. Figure sizes are fixed (no tight
 bounding box): a grid of `c` columns and `r` rows is `c * CELL * DPI` by `r * CELL * DPI`
-pixels, every other figure `FIGSIZE * DPI`.
+pixels, the loss curves' `c` x `r` panels `c * PANEL * DPI`, every other figure
+`FIGSIZE * DPI`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from cmcd_jax.models.audio import log_mel_spectrogram
 DPI = 100
 CELL = 1.5           # inches per sample-grid cell
 FIGSIZE = (7, 4.5)   # inches of the single-panel figures
+PANEL = (4.0, 3.0)   # inches of one panel of the loss curves
+PANEL_COLUMNS = 3
 MASK_CMAP = "tab20"  # mask value k (0 = background) is colour k of the colormap
 
 
@@ -56,24 +59,44 @@ def read_losses(metrics_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([losses[s] for s in steps], dtype=np.float64)
 
 
+def stage_and_run(relative: pathlib.Path) -> tuple[str, str]:
+    """('distill/cmc', 'gap_0.5/seed_1') of a stage folder relative to the workdir: the
+    stage, and the seed / gap level it ran for ('' for a single run)."""
+    parts = relative.parts
+    runs = [p for p in parts if p.startswith(("seed_", "gap_"))]
+    return "/".join(p for p in parts if p not in runs), "/".join(runs)
+
+
 def loss_curves(workdir: str | pathlib.Path, path: str | pathlib.Path) -> pathlib.Path:
-    """Loss vs step of every stage under `workdir` (each `<stage>/metrics.jsonl`), one line
-    per stage labelled by its path (`pretrain`, `distill/cmc`); log scale if all positive."""
+    """Loss vs step of every stage under `workdir` (each `<stage>/metrics.jsonl`): one panel
+    per stage (`pretrain`, `distill/cmc`: each loss on its own axis), one line per seed or
+    gap level; log scale where positive and spanning a factor of 10 or more. Panels of
+    `PANEL` inches, `PANEL_COLUMNS` a row."""
     workdir = pathlib.Path(workdir)
-    curves = {f.parent.relative_to(workdir).as_posix(): read_losses(f)
-              for f in sorted(workdir.glob("**/metrics.jsonl"))}
-    curves = {stage: curve for stage, curve in curves.items() if len(curve[0])}
-    if not curves:
+    panels: dict[str, dict[str, tuple]] = {}
+    for f in sorted(workdir.glob("**/metrics.jsonl")):
+        curve = read_losses(f)
+        if len(curve[0]):
+            stage, run = stage_and_run(f.parent.relative_to(workdir))
+            panels.setdefault(stage, {})[run] = curve
+    if not panels:
         raise FileNotFoundError(f"no metrics.jsonl with a logged loss under {workdir}")
-    fig = _figure()
-    ax = fig.subplots()
-    for stage, (steps, losses) in curves.items():
-        ax.plot(steps, losses, marker="o" if len(steps) == 1 else None, label=stage)
-    if all((curve[1] > 0).all() for curve in curves.values()):
-        ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="loss", title="training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    columns = min(PANEL_COLUMNS, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = _figure((columns * PANEL[0], rows * PANEL[1]))
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (stage, curves) in zip(axes, panels.items()):
+        for run, (steps, losses) in curves.items():
+            ax.plot(steps, losses, marker="o" if len(steps) == 1 else None, label=run or None)
+        losses = np.concatenate([curve[1] for curve in curves.values()])
+        if losses.min() > 0 and losses.max() > 10 * losses.min():
+            ax.set_yscale("log")
+        ax.set(xlabel="step", ylabel="loss", title=stage)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_axis_off()
     return _save(fig, path)
 
 

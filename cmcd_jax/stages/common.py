@@ -134,8 +134,10 @@ def with_encoder_of(variables: dict, export_dir: pathlib.Path, mesh) -> dict:
 
 
 class Progress:
-    """Prints step, loss, examples/s and ETA; writes the scalars to `workdir/metrics.jsonl`
-    and to TensorBoard event files in `workdir` (`tensorboard --logdir WORKDIR`)."""
+    """Prints step, the interval's mean metrics, examples/s and ETA; writes them to
+    `workdir/metrics.jsonl` and to TensorBoard event files in `workdir` (`tensorboard
+    --logdir WORKDIR`). The first step (which compiles) is timed on its own and left out of
+    the rates and the ETA."""
 
     def __init__(self, name: str, total_steps: int, batch_size: int,
                  workdir: pathlib.Path, every: int):
@@ -144,8 +146,9 @@ class Progress:
         self.is_writer = jax.process_index() == 0  # Only process 0 prints and writes.
         if self.is_writer:
             drop_torn_line(self.metrics_file)
-        self.start = self.last = time.perf_counter()
-        self.last_step = 0
+        self.start = time.perf_counter()
+        self.last = self.last_step = None  # Set once the first step has run.
+        self.window: list[dict] = []  # The metrics of the steps since the last log.
         self.events = None  # Opened on the first log, so skipped stages leave no file.
 
     def check_finite(self, step: int, metrics: dict) -> dict:
@@ -156,21 +159,37 @@ class Progress:
                                      f"{metrics}")
         return metrics
 
+    def first_step_done(self, step: int, metrics: dict) -> None:
+        """Waits for the first step of this process (compilation included) and says so."""
+        jax.block_until_ready(metrics)
+        self.last, self.last_step = time.perf_counter(), step
+        if self.is_writer:
+            print(f"[{self.name}] step {step} compiled and ran in "
+                  f"{self.last - self.start:.0f}s; {self.total} steps in all", file=sys.stderr,
+                  flush=True)
+
     def __call__(self, step: int, metrics: dict) -> None:
-        """Logs (and checks) the metrics every `every` steps and at the end."""
+        """Logs (and checks) the mean metrics every `every` steps and at the end."""
+        if self.last is None:
+            self.first_step_done(step, metrics)
+        self.window.append(metrics)
         if step % self.every and step != self.total:
             return
-        metrics = self.check_finite(step, metrics)
+        window, self.window = jax.device_get(self.window), []
+        metrics = self.check_finite(step, {k: np.mean([m[k] for m in window])
+                                           for k in window[0]})
         now = time.perf_counter()
         rate = (step - self.last_step) * self.batch / max(now - self.last, 1e-9)
         eta = (self.total - step) * self.batch / max(rate, 1e-9)
-        self.last, self.last_step = now, step
+        if step > self.last_step:
+            self.last, self.last_step = now, step
         if not self.is_writer:
             return
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        print(f"[{self.name}] step {step}/{self.total} {shown} {rate:.0f} ex/s "
-              f"ETA {eta:.0f}s", file=sys.stderr, flush=True)
-        scalars = {**metrics, "examples_per_sec": rate}
+        pace = f"{rate:.0f} ex/s ETA {eta:.0f}s" if rate else "done"
+        print(f"[{self.name}] step {step}/{self.total} {shown} {pace}", file=sys.stderr,
+              flush=True)
+        scalars = {**metrics, **({"examples_per_sec": rate} if rate else {})}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
         self.events = self.events or tensorboard.EventWriter(self.workdir)

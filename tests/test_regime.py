@@ -2,6 +2,7 @@
 step 2, few labels for step 3; and the step-1 teacher built once per data and step-1 config."""
 
 import json
+import re
 import shutil
 import types
 
@@ -23,6 +24,18 @@ def regime(data_dir):
 
 def image_set(records) -> set:
     return {records[i]["image"].tobytes() for i in range(len(records))}
+
+
+def test_a_local_build_says_what_it_builds_and_how_long_not_downloading(tmp_path, capfd):
+    shapes.load_source_pool("tiny", 20, str(tmp_path))
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err
+    assert ("building cmcd_shapes_source/tiny-20 1.0.0: 20 unpaired source images in "
+            f"{tmp_path}") in err
+    assert re.search(r"built cmcd_shapes_source/tiny-20 1.0.0: 20 unpaired source images in "
+                     r"\d+s", err)
+    shapes.load_source_pool("tiny", 20, str(tmp_path))
+    assert "building" not in capfd.readouterr().err  # Reused silently.
 
 
 def test_unpaired_pool_is_disjoint_from_pairs_and_test(regime):

@@ -464,7 +464,9 @@ def folder_builder(manifest: Manifest, audio_sample_rate: int,
         return builder
     config = dataclasses.replace(config, specs=infer_specs(manifest, audio_sample_rate))
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    sources.build_once(builder, f"the paired folder {manifest.path.parent} "
+                                f"({len(manifest.rows)} manifest rows) as TFDS "
+                                f"paired_folder/{config.name}")
     return builder
 
 

@@ -129,7 +129,10 @@ def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
     """Builds `cmcd_shapes/<config_name>` on first use and returns {split: data source}."""
     builder = CmcdShapes(config=config_name, data_dir=data_dir or None,
                          file_format="array_record")
-    builder.download_and_prepare()
+    cfg = builder.builder_config
+    sources.build_once(builder, f"cmcd_shapes/{config_name} {CmcdShapes.VERSION}: "
+                                f"{cfg.num_train} train + {cfg.num_test} test scenes rendered "
+                                f"here")
     return builder.as_data_source()
 
 
@@ -142,7 +145,8 @@ def load_source_pool(config_name: str, num_unpaired: int, data_dir: str | None =
                               seed=paired.seed)
     builder = CmcdShapesSource(config=config, data_dir=data_dir or None,
                                file_format="array_record")
-    builder.download_and_prepare()
+    sources.build_once(builder, f"cmcd_shapes_source/{config.name} {CmcdShapesSource.VERSION}: "
+                                f"{num_unpaired} unpaired source images")
     return builder.as_data_source()[sources.UNPAIRED]
 
 

@@ -11,7 +11,11 @@ shapes, so records batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -161,6 +165,20 @@ def with_corrupted_target(dataset: Dataset, target: str, level: float, seed: int
                  if m == target else splits) for m, splits in dataset.pools.items()}
     pairs = {s: Corrupted(r, target, level, seed) for s, r in dataset.pairs.items()}
     return dataclasses.replace(dataset, pools=pools, pairs=pairs)
+
+
+def build_once(builder, what: str) -> None:
+    """Prepares a TFDS `builder` whose records this machine makes itself (nothing is
+    downloaded), saying what is built and how long it took instead of TFDS's 'Downloading
+    and preparing dataset Unknown size' lines; a prepared one is reused silently."""
+    if builder.is_prepared():
+        return
+    print(f"building {what} in {builder.data_dir} (once: later runs on this data dir reuse "
+          f"it)", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare()
+    print(f"built {what} in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
 
 
 def load_dataset(config) -> Dataset:

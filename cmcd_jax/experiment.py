@@ -21,6 +21,7 @@ import re
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import IO
 
@@ -413,23 +414,55 @@ def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources
     return row
 
 
+class JobProgress:
+    """Counts the job's method runs (method x seed x gap level): says which one starts, how
+    long the job has run and, from the runs done so far, about how long it has left; calls
+    `on_row()` after each new row."""
+
+    def __init__(self, total: int, on_row: Callable[[], None]):
+        self.total, self.on_row = total, on_row
+        self.done = self.ran = 0
+        self.start = time.perf_counter()
+
+    def begin(self, method: str, seed: int) -> None:
+        elapsed = time.perf_counter() - self.start
+        left = "" if not self.ran else (
+            f", about {minutes(elapsed / self.ran * (self.total - self.done))} left")
+        if jax.process_index() == 0:
+            print(f"[job] {method}, seed {seed}: method run {self.done + 1} of {self.total}; "
+                  f"{minutes(elapsed)} so far{left}", file=sys.stderr, flush=True)
+
+    def finished(self, ran: bool) -> None:
+        """One more method run done: `ran` here (its row is new), or found saved."""
+        self.done += 1
+        if ran:
+            self.ran += 1
+            self.on_row()
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
 def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
-                teacher_dir: pathlib.Path, on_row: Callable[[], None] = lambda: None) -> dict:
+                teacher_dir: pathlib.Path, job: JobProgress) -> dict:
     """{method: metrics row} of one seed. Each row is kept in `row.json` of the method's
     directory, so a resumed run does not evaluate a finished method again (deleting that
-    directory redoes the method, its row included); `on_row()` follows each new row."""
+    directory redoes the method, its row included)."""
     data, rows = None, {}
     for method in method_list(config):
         saved = method_dir(workdir, method) / "row.json"
         rows[method] = read_saved(saved, ("probe_top1",))
-        if rows[method] is None:
+        ran = rows[method] is None
+        if ran:
+            job.begin(method, config.seed)
             if data is None:
                 data = downstream.load_eval_data(config, dataset)
             rows[method] = evaluate_method(method, config, workdir, dataset, data, mesh,
                                            teacher_dir)
             rows[method] = rounded(rows[method])
             save_json(saved, rows[method])
-            on_row()
+        job.finished(ran)
         print(f"[downstream/{method}] seed {config.seed}: {row_summary(rows[method])}",
               file=sys.stderr, flush=True)
     return rows
@@ -509,10 +542,10 @@ def seed_dirs(config, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
 
 
 def run_seeds(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
-              teacher_dir: pathlib.Path, on_row: Callable[[], None] = lambda: None) -> dict:
+              teacher_dir: pathlib.Path, job: JobProgress) -> dict:
     """Every method for every seed; aggregated rows."""
     return aggregate([run_methods(with_seed(config, s), seed_dir, dataset, mesh, teacher_dir,
-                                  on_row)
+                                  job)
                       for s, seed_dir in seed_dirs(config, workdir).items()])
 
 
@@ -530,14 +563,14 @@ def level_dir(workdir: pathlib.Path, level: float | None) -> pathlib.Path:
 
 def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
                   teacher_dir: pathlib.Path, levels: list[float],
-                  on_row: Callable[[], None]) -> dict:
+                  job: JobProgress) -> dict:
     """Every method at every corruption level of the target; error against distance."""
     points, by_level = [], {}
     for level in levels:
         corrupted = sources.with_corrupted_target(dataset, config.data.target, level,
                                                   config.seed)
         by_level[level] = run_seeds(config, level_dir(workdir, level), corrupted, mesh,
-                                    teacher_dir, on_row)
+                                    teacher_dir, job)
         for method, row in by_level[level].items():
             error = None if row["probe_top1"] is None else 1.0 - row["probe_top1"]
             points.append({"level": level, "method": method, "tv_lower": row["tv_lower"],
@@ -593,11 +626,12 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
     def on_row():
         if jax.process_index() == 0:
             (workdir / "results.md").write_text(progress_table(config, workdir, results))
+    job = JobProgress(len(levels or [None]) * config.num_seeds * len(method_list(config)),
+                      on_row)
     if levels:
-        results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels,
-                                     on_row))
+        results.update(run_gap_sweep(config, workdir, dataset, mesh, teacher_dir, levels, job))
     else:
-        results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir, on_row)
+        results["methods"] = run_seeds(config, workdir, dataset, mesh, teacher_dir, job)
     results = rounded(results)
     if jax.process_index() == 0:
         draw_figures(config, workdir, dataset, results)

@@ -197,6 +197,17 @@ class Progress:
         self.events.flush()
 
 
+@contextlib.contextmanager
+def announced(what: str) -> Iterator[None]:
+    """Says (process 0) that the evaluation step `what` starts, and how long it took."""
+    start = time.perf_counter()
+    if jax.process_index() == 0:
+        print(f"[eval] {what} ...", file=sys.stderr, flush=True)
+    yield
+    if jax.process_index() == 0:
+        print(f"[eval] {what}: {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+
 def drop_torn_line(path: pathlib.Path) -> None:
     """Cuts from `path` a last line that a killed run left unfinished (no newline)."""
     data = path.read_bytes() if path.exists() else b""

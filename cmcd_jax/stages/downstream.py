@@ -107,11 +107,14 @@ def probe(config, model, variables, data: dict | None, modality: str) -> float |
     if data is None:
         return None
     cfg = config.downstream
-    train_x, _ = embed(model, variables, data["train"][modality])
-    test_x, _ = embed(model, variables, data["test"][modality])
-    return linear_probe(train_x, data["train"]["label"], test_x, data["test"]["label"],
-                        steps=cfg.probe_steps, learning_rate=cfg.probe_learning_rate,
-                        weight_decay=cfg.probe_weight_decay)
+    with common.announced(f"linear probe on {modality}: {len(data['train']['label'])} "
+                          f"labelled train, {len(data['test']['label'])} test records, "
+                          f"{cfg.probe_steps} steps"):
+        train_x, _ = embed(model, variables, data["train"][modality])
+        test_x, _ = embed(model, variables, data["test"][modality])
+        return linear_probe(train_x, data["train"]["label"], test_x, data["test"]["label"],
+                            steps=cfg.probe_steps, learning_rate=cfg.probe_learning_rate,
+                            weight_decay=cfg.probe_weight_decay)
 
 
 def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: pathlib.Path,
@@ -139,11 +142,13 @@ def segmentation_score(config, spec: dict, variables: dict, data: dict,
         return None
     train, test = target["train"], target["test"]
     num_classes = int(max(train["mask"].max(), test["mask"].max())) + 1
-    model, trained = segmentation.train_segmenter(
-        spec, segmentation.encoder_variables(variables), train[modality], train["mask"],
-        num_classes=num_classes, steps=cfg.seg_steps, batch_size=cfg.seg_batch_size,
-        learning_rate=cfg.seg_learning_rate, seed=config.seed, mode=cfg.mode)
-    predicted = segmentation.predict_masks(model, trained, test[modality])
+    with common.announced(f"segmentation head on {modality}: {len(train['mask'])} labelled "
+                          f"masks, {cfg.seg_steps} steps, {len(test['mask'])} test masks"):
+        model, trained = segmentation.train_segmenter(
+            spec, segmentation.encoder_variables(variables), train[modality], train["mask"],
+            num_classes=num_classes, steps=cfg.seg_steps, batch_size=cfg.seg_batch_size,
+            learning_rate=cfg.seg_learning_rate, seed=config.seed, mode=cfg.mode)
+        predicted = segmentation.predict_masks(model, trained, test[modality])
     if figure is not None and jax.process_index() == 0:
         plots.segmentation_grid(test[modality][:8], test["mask"][:8], predicted[:8], figure)
     return segmentation.mean_iou(predicted, test["mask"], num_classes)
@@ -171,8 +176,10 @@ def shared_space_metrics(config, student_dir: pathlib.Path, teacher_dir: pathlib
                                    student_dir.parent / "embeddings.png", names=(source, target))
     distance = dict.fromkeys(DISTANCE_KEYS)  # Too few test records: no estimate.
     if min(len(keys), len(s_out)) >= 2 * analysis.MIN_SAMPLES:
-        distance = analysis.modality_distance(normalized(keys), normalized(s_out),
-                                              seed=config.seed)
+        with common.announced(f"modality distance (C2ST, MMD) between {len(keys)} {source} "
+                              f"and {len(s_out)} {target} test embeddings"):
+            distance = analysis.modality_distance(normalized(keys), normalized(s_out),
+                                                  seed=config.seed)
     return {"retrieval_top1": None if data["pairs"] is None else retrieval_top1(s_out, keys),
             **{k: distance[k] for k in DISTANCE_KEYS}}
 

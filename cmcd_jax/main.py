@@ -65,10 +65,15 @@ def config_path(argv: list[str]) -> str | None:
 def config_file_error(error: Exception, path: str | None) -> str | None:
     """`file:line: what` for an error raised by the config file's own code (a syntax error
     included); None for any other error."""
-    if isinstance(error, SyntaxError) and error.filename == path:
-        return f"{path}:{error.lineno}: syntax error: {error.msg}"
-    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if f.filename == path]
-    return f"{path}:{lines[-1]}: {type(error).__name__}: {one_line(error)}" if lines else None
+    while error is not None:  # The flag error ml_collections raises wraps the file's own.
+        if isinstance(error, SyntaxError) and error.filename == path:
+            return f"{path}:{error.lineno}: syntax error: {error.msg}"
+        lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+                 if f.filename == path]
+        if lines:
+            return f"{path}:{lines[-1]}: {type(error).__name__}: {one_line(error)}"
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,13 +1,15 @@
 """The command line end to end on the tiny dataset: results, rerun, refusals."""
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 
 import pytest
 
 from cmcd_jax import experiment, main
-from conftest import run_main, tree_digest
+from conftest import REPO, run_main, tree_digest
 
 
 def test_quickstart_writes_results_then_rerun_skips_stages(tmp_path, data_dir):
@@ -128,6 +130,23 @@ def test_broken_config_file_is_one_line_with_file_and_line(tmp_path, data_dir, b
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"cmcd_jax: error: {line.format(path=path)}"]
     assert not (tmp_path / "run").exists()
+
+
+def test_paired_folder_variants_and_an_unknown_one(tmp_path, data_dir):
+    spec = importlib.util.spec_from_file_location("paired_folder_config",
+                                                  REPO / "configs" / "paired_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    small, real = module.get_config(), module.get_config("real")
+    assert small.model.encoder == "convnet" and small.distill.steps == 800
+    assert (real.model.encoder, real.data.resolution, real.distill.steps) == ("resnet18", 64,
+                                                                              20000)
+    assert small.dataset == real.dataset == "paired_folder"
+    proc = run_main(tmp_path / "run", data_dir, config="configs/paired_folder.py:huge")
+    assert proc.returncode != 0
+    assert re.fullmatch(r"cmcd_jax: error: configs/paired_folder.py:\d+: ValueError: "
+                        r"configs/paired_folder.py:huge: no such variant; valid: small, real",
+                        proc.stderr.strip().splitlines()[-1])
 
 
 def test_bad_value_type_names_the_flag(tmp_path, data_dir):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-import sys
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from cmcd_jax import log
 
 META_FILE = "meta.json"
 
@@ -149,7 +150,7 @@ def restore_train(manager: ocp.CheckpointManager, state, iterator):
                 raise ValueError("its contents do not match the fingerprint saved with it")
             return restored["state"]
         except Exception as e:  # noqa: BLE001 -- any failure to read means damage.
-            print(f"checkpoint {manager.directory}/{step} is damaged ({_reason(e)}); "
-                  f"falling back to an earlier one", file=sys.stderr)
+            log.say(f"checkpoint {manager.directory}/{step} is damaged ({_reason(e)}); "
+                    f"falling back to an earlier one")
     iterator.set_state(start)
     return state

@@ -20,7 +20,6 @@ import pathlib
 import re
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -30,7 +29,7 @@ import ml_collections
 import numpy as np
 
 import cmcd_jax
-from cmcd_jax import checkpoints, losses, parallel
+from cmcd_jax import checkpoints, log, losses, parallel
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import sources
 from cmcd_jax.models import IMAGE_ENCODERS
@@ -262,15 +261,16 @@ def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> Non
         if saved and not overwrite:
             changes = ", ".join(config_changes(old, json.loads(resolved)))
             raise ValueError(f"workdir {workdir} holds a run of a different config ({path} "
-                             f"differs: {changes}) that saved {saved[0].relative_to(workdir)}; use another --workdir "
-                             f"for the new config, or --overwrite to delete that run")
+                             f"differs: {changes}) that saved "
+                             f"{saved[0].relative_to(workdir)}; use another --workdir for "
+                             f"the new config, or --overwrite to delete that run")
         entries = run_entries(workdir)
         kept = kept_teachers(old, config, workdir) | {workdir / LOCK_FILE}
         if jax.process_index() == 0:
-            print(f"deleting the run of another config in {workdir} "
-                  f"({'--overwrite' if saved else 'it saved nothing'})"
-                  + "".join(f"; keeping {p.name}/, a teacher this config reuses"
-                            for p in sorted(kept) if p.is_dir()), file=sys.stderr)
+            log.say(f"deleting the run of another config in {workdir} "
+                    f"({'--overwrite' if saved else 'it saved nothing'})"
+                    + "".join(f"; keeping {p.name}/, a teacher this config reuses"
+                              for p in sorted(kept) if p.is_dir()))
             for entry in entries:
                 if entry not in kept:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
@@ -428,9 +428,8 @@ class JobProgress:
         elapsed = time.perf_counter() - self.start
         left = "" if not self.ran else (
             f", about {minutes(elapsed / self.ran * (self.total - self.done))} left")
-        if jax.process_index() == 0:
-            print(f"[job] {method}, seed {seed}: method run {self.done + 1} of {self.total}; "
-                  f"{minutes(elapsed)} so far{left}", file=sys.stderr, flush=True)
+        log.say(f"[job] {method}, seed {seed}: method run {self.done + 1} of {self.total}; "
+                f"{minutes(elapsed)} so far{left}")
 
     def finished(self, ran: bool) -> None:
         """One more method run done: `ran` here (its row is new), or found saved."""
@@ -463,8 +462,7 @@ def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
             rows[method] = rounded(rows[method])
             save_json(saved, rows[method])
         job.finished(ran)
-        print(f"[downstream/{method}] seed {config.seed}: {row_summary(rows[method])}",
-              file=sys.stderr, flush=True)
+        log.say(f"[downstream/{method}] seed {config.seed}: {row_summary(rows[method])}")
     return rows
 
 
@@ -514,7 +512,7 @@ def read_saved(path: pathlib.Path, required: tuple[str, ...]) -> dict | None:
         if not missing:
             return value
         why = f"no {', '.join(missing)} in it"
-    print(f"{path} is damaged: {why}; rebuilding it", file=sys.stderr)
+    log.say(f"{path} is damaged: {why}; rebuilding it")
     return None
 
 
@@ -604,16 +602,15 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
     """`run` in a claimed workdir: the results of a completed run, else every stage."""
     results = read_saved(workdir / "results.json", ("methods", "teacher"))
     if results is not None:
-        print(f"{workdir} holds a completed run; its results:\n", file=sys.stderr)
+        log.say(f"{workdir} holds a completed run; its results:\n")
         print(results_table(results))
         return results
     teacher_dir, teacher = pretrain.teacher(config, workdir, dataset, mesh)
     check_teacher(teacher_dir, config)
     eval_data = downstream.load_eval_data(config, dataset)
     teacher["probe_top1"] = downstream.evaluate_teacher(config, teacher_dir, eval_data, mesh)
-    if jax.process_index() == 0:
-        print(f"[pretrain] teacher {teacher_dir}: probe_top1 on {config.data.source} "
-              f"{cell(teacher['probe_top1'])}", file=sys.stderr, flush=True)
+    log.say(f"[pretrain] teacher {teacher_dir}: probe_top1 on {config.data.source} "
+            f"{cell(teacher['probe_top1'])}")
     levels = gap_levels(config)
     few = eval_data["target"]["few_indices"] if eval_data["target"] is not None else []
     results = {"dataset": config.dataset, "source": config.data.source,

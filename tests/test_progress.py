@@ -2,11 +2,14 @@
 first step timed apart, a non-finite interval stopping the run."""
 
 import json
+import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cmcd_jax import log
 from cmcd_jax.stages import common
 
 
@@ -37,3 +40,12 @@ def test_a_first_step_that_is_also_logged_has_no_rate(tmp_path, capsys):
 def test_a_non_finite_step_inside_an_interval_stops_the_run(tmp_path):
     with pytest.raises(FloatingPointError, match=r"\[distill/cmc\] non-finite metrics at step 4"):
         run_progress(tmp_path, [1.0, 1.0, float("inf"), 1.0], every=4)
+
+
+def test_only_process_0_says_anything(monkeypatch, capsys):
+    log.say("from process 0")
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    log.say("from process 1")
+    common.Progress("distill/cmc", 1, 8, pathlib.Path("/nonexistent"), 1)(
+        1, {"loss": jnp.float32(1.0)})
+    assert capsys.readouterr().err == "from process 0\n"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
+from cmcd_jax import log
 from cmcd_jax.data import render
 from cmcd_jax.models.audio import log_mel_spectrogram
 
@@ -51,7 +51,7 @@ def read_losses(metrics_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             row = json.loads(line) if line.strip() else {}
         except json.JSONDecodeError:
-            print(f"{metrics_file}:{number}: not JSON, skipped", file=sys.stderr)
+            log.say(f"{metrics_file}:{number}: not JSON, skipped")
             continue
         if "loss" in row:
             losses[int(row["step"])] = float(row["loss"])

@@ -42,7 +42,6 @@ import math
 import os
 import pathlib
 import re
-import sys
 import wave
 from collections.abc import Mapping
 from typing import IO
@@ -52,6 +51,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from scipy import signal
 
+from cmcd_jax import log
 from cmcd_jax.data import sources
 
 MANIFEST = "manifest.csv"
@@ -178,9 +178,9 @@ def check_classes(path: pathlib.Path, cells: list[tuple[int, str]], ids: list[in
                                                f"{names[used[0]]!r}; a classifier needs two")
     unused = len(names) - len(used)
     if unused:
-        print(f"warning: {path}: {unused} of the {len(names)} class ids 0..{len(names) - 1} "
-              f"label no row (first: {min(set(range(len(names))) - set(used))}); they are "
-              f"classes all the same", file=sys.stderr)
+        log.say(f"warning: {path}: {unused} of the {len(names)} class ids 0..{len(names) - 1} "
+                f"label no row (first: {min(set(range(len(names))) - set(used))}); they are "
+                f"classes all the same")
 
 
 def _parse_row(path: pathlib.Path, line: int, header: list[str], cells: list[str]

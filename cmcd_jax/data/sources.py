@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from cmcd_jax import log
 
 PAIRINGS = ("instance", "label")
 
@@ -173,12 +174,12 @@ def build_once(builder, what: str) -> None:
     and preparing dataset Unknown size' lines; a prepared one is reused silently."""
     if builder.is_prepared():
         return
-    print(f"building {what} in {builder.data_dir} (once: later runs on this data dir reuse "
-          f"it)", file=sys.stderr, flush=True)
+    log.say(f"building {what} in {builder.data_dir} (once: later runs on this data dir reuse "
+            f"it)")
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare()
-    print(f"built {what} in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+    log.say(f"built {what} in {time.perf_counter() - start:.0f}s")
 
 
 def load_dataset(config) -> Dataset:

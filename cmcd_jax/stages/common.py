@@ -9,7 +9,6 @@ import math
 import pathlib
 import shutil
 import signal
-import sys
 import threading
 import time
 import zlib
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax import checkpoints, parallel, tensorboard
+from cmcd_jax import checkpoints, log, parallel, tensorboard
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
 
 
@@ -163,10 +162,8 @@ class Progress:
         """Waits for the first step of this process (compilation included) and says so."""
         jax.block_until_ready(metrics)
         self.last, self.last_step = time.perf_counter(), step
-        if self.is_writer:
-            print(f"[{self.name}] step {step} compiled and ran in "
-                  f"{self.last - self.start:.0f}s; {self.total} steps in all", file=sys.stderr,
-                  flush=True)
+        log.say(f"[{self.name}] step {step} compiled and ran in "
+                f"{self.last - self.start:.0f}s; {self.total} steps in all")
 
     def __call__(self, step: int, metrics: dict) -> None:
         """Logs (and checks) the mean metrics every `every` steps and at the end."""
@@ -187,8 +184,7 @@ class Progress:
             return
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         pace = f"{rate:.0f} ex/s ETA {eta:.0f}s" if rate else "done"
-        print(f"[{self.name}] step {step}/{self.total} {shown} {pace}", file=sys.stderr,
-              flush=True)
+        log.say(f"[{self.name}] step {step}/{self.total} {shown} {pace}")
         scalars = {**metrics, **({"examples_per_sec": rate} if rate else {})}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -201,11 +197,9 @@ class Progress:
 def announced(what: str) -> Iterator[None]:
     """Says (process 0) that the evaluation step `what` starts, and how long it took."""
     start = time.perf_counter()
-    if jax.process_index() == 0:
-        print(f"[eval] {what} ...", file=sys.stderr, flush=True)
+    log.say(f"[eval] {what} ...")
     yield
-    if jax.process_index() == 0:
-        print(f"[eval] {what}: {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    log.say(f"[eval] {what}: {time.perf_counter() - start:.1f}s")
 
 
 def drop_torn_line(path: pathlib.Path) -> None:
@@ -213,7 +207,7 @@ def drop_torn_line(path: pathlib.Path) -> None:
     data = path.read_bytes() if path.exists() else b""
     if data and not data.endswith(b"\n"):
         path.write_bytes(data[:data.rfind(b"\n") + 1])
-        print(f"{path}: dropped its last line, cut short by a killed run", file=sys.stderr)
+        log.say(f"{path}: dropped its last line, cut short by a killed run")
 
 
 def data_shard() -> tuple[int, int]:
@@ -240,7 +234,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     """
     export_dir = stage_dir / "export"
     if intact_export(name, export_dir, mesh):
-        print(f"[{name}] already done: {export_dir}", file=sys.stderr)
+        log.say(f"[{name}] already done: {export_dir}")
         return export_dir
     stage_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(spec, head)
@@ -259,7 +253,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
                                        config.checkpoint.keep) as manager:
         state = checkpoints.restore_train(manager, state, batches)
         if int(state.step):
-            print(f"[{name}] resuming from step {int(state.step)}", file=sys.stderr)
+            log.say(f"[{name}] resuming from step {int(state.step)}")
         state = train(state, step_fn, batches, stage_cfg.steps, mesh, progress, manager,
                       *extra_args)
     features, _ = jax.eval_shape(lambda v: model.apply(v, example, train=False), variables)
@@ -285,7 +279,7 @@ def intact_export(name: str, export_dir: pathlib.Path, mesh) -> bool:
         restore_model(export_dir, mesh)
         return True
     except ValueError as e:
-        print(f"[{name}] {e}; rebuilding it", file=sys.stderr)
+        log.say(f"[{name}] {e}; rebuilding it")
     if jax.process_index() == 0:
         shutil.rmtree(export_dir)
     return False

@@ -9,14 +9,13 @@ by layer, to the teacher's stored running statistics).
 from __future__ import annotations
 
 import pathlib
-import sys
 import time
 
 import jax
 import numpy as np
 import optax
 
-from cmcd_jax import checkpoints, losses, parallel
+from cmcd_jax import checkpoints, log, losses, parallel
 from cmcd_jax.data import pipeline, sources
 from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
@@ -155,8 +154,8 @@ def run(config, method: str, workdir: pathlib.Path, dataset: sources.Dataset, me
         start = time.perf_counter()
         table = teacher_table(teacher, teacher_variables, dataset.pairs["train"],
                               config.data.source, use_projection)
-        print(f"[distill/{method}] teacher outputs cached: {table.shape[0]} records x 2 views "
-              f"in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+        log.say(f"[distill/{method}] teacher outputs cached: {table.shape[0]} records x 2 views "
+                f"in {time.perf_counter() - start:.1f}s")
     return common.fit_and_export(
         f"distill/{method}", stage_dir, config, mesh,
         spec=common.encoder_spec(config, modality, dataset),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cmcd_jax import analysis
+from cmcd_jax import analysis, log
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import pipeline, sources
 from cmcd_jax.stages import common, segmentation
@@ -214,9 +213,8 @@ def fitted_to_labels(stage_cfg, num_labelled: int, mesh, key: str):
     if fitted == 0:
         raise ValueError(f"{key}: {num_labelled} labelled records cannot fill a batch over "
                          f"the {mesh.size} devices; label more records or use fewer devices")
-    if jax.process_index() == 0:
-        print(f"{key}={stage_cfg.batch_size} exceeds the {num_labelled} labelled records; "
-              f"training on batches of {fitted}", file=sys.stderr)
+    log.say(f"{key}={stage_cfg.batch_size} exceeds the {num_labelled} labelled records; "
+            f"training on batches of {fitted}")
     return ml_collections.ConfigDict({**stage_cfg.to_dict(), "batch_size": fitted})
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cmcd_jax import checkpoints, losses, parallel
+from cmcd_jax import checkpoints, log, losses, parallel
 from cmcd_jax.data import pipeline, sources
 from cmcd_jax.stages import common
 
@@ -115,9 +114,8 @@ def teacher(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> tu
         return export, {"export": str(export), "trained_by_this_run": False}
     stage_dir = teacher_stage_dir(config, workdir, dataset)
     reused = checkpoints.export_complete(stage_dir / "export")
-    if reused and jax.process_index() == 0:
-        print(f"[pretrain] reusing the teacher in {stage_dir} (same data and step-1 config)",
-              file=sys.stderr)
+    if reused:
+        log.say(f"[pretrain] reusing the teacher in {stage_dir} (same data and step-1 config)")
     export = train_encoder(config, stage_dir, dataset, mesh, config.data.source, "pretrain")
     return export, {"export": str(export), "trained_by_this_run": not reused,
                     "steps": config.pretrain.steps}

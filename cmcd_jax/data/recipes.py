@@ -11,12 +11,13 @@ TFDS's own datasets are read, never built, here: prepare them once as array_reco
 needs TensorFlow), e.g. `tfds build mnist --file_format=array_record --data_dir=DIR`. Our
 builders (`cmcd_spoken_digit`, `cmcd_sketchy`) are built on first use, without TensorFlow.
 
-Records stay on disk; each is converted when read (`Converted`): images and maps are centre
-cropped to a square, then resized to `resolution` with PIL's bilinear filter (antialiased:
-PIL widens the filter when shrinking). Depth is resized as a valid-weighted average (0 or
-non-finite = invalid, left out of the average; 0 where no valid pixel contributes). MNIST
-images keep their single channel: (H, W, 1); other images are RGB (H, W, 3); sketches are
-grey (H, W). Splits are `train` and `test` (NYU's `validation` serves as `test`).
+Records stay on disk; each is converted when read (`Converted`, with `spatial`): images and
+maps are centre cropped to a square, then resized to `resolution` with PIL's bilinear filter
+(antialiased: PIL widens the filter when shrinking). Depth is resized as a valid-weighted
+average (0 or non-finite = invalid, left out of the average; 0 where no valid pixel
+contributes). MNIST images keep their single channel: (H, W, 1); other images are RGB
+(H, W, 3); sketches are grey (H, W). Splits are `train` and `test` (NYU's `validation`
+serves as `test`).
 """
 
 from __future__ import annotations
@@ -27,34 +28,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cmcd_jax.data import sketchy, sources, spoken_digit
+from cmcd_jax.data import sketchy, sources, spatial, spoken_digit
 
 Converter = Callable[[np.ndarray, int], np.ndarray]
 TRAIN_TEST = {"train": "train", "test": "test"}
-
-
-def centre_square(array: np.ndarray) -> np.ndarray:
-    """The largest centred square of an (H, W, ...) array."""
-    h, w = array.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return array[top:top + side, left:left + side]
-
-
-def resize_array(array: np.ndarray, size: int) -> np.ndarray:
-    """A 2-D uint8 or float32 array, or an RGB uint8 one, resized to (size, size) by PIL's
-    bilinear filter (antialiased)."""
-    image = Image.fromarray(np.ascontiguousarray(array))
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, C) -> centre square -> uint8 (size, size, C) (RGB at once, else by
-    channel)."""
-    square = centre_square(np.asarray(image, np.uint8))
-    if square.shape[-1] == 3:
-        return resize_array(square, size)
-    return np.stack([resize_array(square[..., c], size) for c in range(square.shape[-1])], -1)
 
 
 def as_channels(image: np.ndarray) -> np.ndarray:
@@ -79,26 +56,22 @@ def as_grey(image: np.ndarray) -> np.ndarray:
 
 def rgb_image(value: np.ndarray, size: int) -> np.ndarray:
     """Raw image -> uint8 (size, size, 3)."""
-    return resize_image(as_rgb(value), size)
+    return spatial.resize_image(as_rgb(value), size)
 
 
 def grey_image(value: np.ndarray, size: int) -> np.ndarray:
     """Raw one-channel image -> uint8 (size, size, 1)."""
-    return resize_image(as_channels(value), size)
+    return spatial.resize_image(as_channels(value), size)
 
 
 def sketch_map(value: np.ndarray, size: int) -> np.ndarray:
     """Raw drawing -> grey uint8 (size, size)."""
-    return resize_image(as_grey(value)[..., None], size)[..., 0]
+    return spatial.resize_image(as_grey(value), size)
 
 
 def depth_map(value: np.ndarray, size: int) -> np.ndarray:
     """Depth (H, W) -> float32 (size, size): centre square, valid-weighted bilinear average."""
-    depth = centre_square(np.asarray(value, np.float32))
-    valid = np.isfinite(depth) & (depth > 0)
-    total = resize_array(np.where(valid, depth, 0.0).astype(np.float32), size)
-    weight = resize_array(valid.astype(np.float32), size)
-    return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), 0.0).astype(np.float32)
+    return spatial.resize_depth(value, size)
 
 
 def waveform(value: np.ndarray, size: int) -> np.ndarray:

@@ -78,7 +78,9 @@ HELP = {
     "data.config_name": "cmcd_shapes variant: 32, 64 or tiny",
     "data.data_dir": "TFDS data dir ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets)",
     "data.dir": "paired_folder: the directory holding manifest.csv",
-    "data.resolution": "recipes: images and maps resized to this side",
+    "data.resolution": "recipes and paired_folder: images, maps and masks cropped to their "
+                       "centre square and resized to this side (paired_folder: 0 keeps the "
+                       "files' own size, which must then agree within a column)",
     "data.pairing": "'instance' (the dataset's pairs) or 'label' (a random same-class "
                     "partner, re-drawn every epoch: a weaker assumption)",
     "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz)",

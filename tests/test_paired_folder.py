@@ -131,7 +131,7 @@ def test_pools_pairs_and_dataset_fields(folder, store, dataset):
         assert len(pairs) == paired
         assert all(pairs[i]["has_image"] and pairs[i]["has_audio"] for i in range(paired))
     manifest = paired_folder.read_manifest(folder)
-    info = paired_folder.folder_builder(manifest, 16000, str(store)).info
+    info = paired_folder.folder_builder(manifest, paired_folder.Conversion(), str(store)).info
     assert info.features["label"].names == sorted(CLASS_NAMES)
 
 
@@ -409,3 +409,105 @@ def test_read_wav_decodes_every_pcm_width_and_averages_channels(tmp_path, width)
     samples, rate = paired_folder.read_wav(tmp_path / "a.wav")
     assert rate == 8000
     np.testing.assert_allclose(samples, 0.25 * left, atol=1.0 / full)
+
+
+# --- data.resolution: images and maps cropped and resized at build time --------------------
+
+
+def _rewrite_spatial(folder: pathlib.Path, row: dict, shape: tuple[int, int],
+                     rng: np.random.Generator) -> None:
+    """Rewrites the row's image, sketch, depth and mask files at `shape` (H, W)."""
+    if row.get("image"):
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), np.uint8)).save(folder / row["image"])
+    if row.get("sketch"):
+        Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(folder / row["sketch"])
+    if row.get("depth"):
+        np.save(folder / row["depth"], rng.uniform(1, 3, shape).astype(np.float32))
+    if row.get("mask"):
+        _save_mask(folder / row["mask"], rng.choice(np.array([0, 3, 7], np.uint8), shape))
+
+
+def _save_mask(file: pathlib.Path, classes: np.ndarray) -> None:
+    if file.suffix == ".npy":
+        np.save(file, classes)
+    else:
+        Image.fromarray(classes, "L").save(file)
+
+
+def _all_records(dataset, modality: str):
+    return [records[i] for records in dataset.pools[modality].values()
+            for i in range(len(records))]
+
+
+def test_mixed_sizes_are_cropped_and_resized_to_the_resolution(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, unpaired_rows=1)
+    rows = manifest_rows(folder)
+    rng = np.random.default_rng(1)
+    for row, shape in zip(rows, [(24, 40), (30, 18), (9, 13), (16, 16)] * len(rows)):
+        _rewrite_spatial(folder, row, shape, rng)
+    centred = _first(rows, "image")  # A wide image whose centre square is pure red.
+    wide = rng.integers(0, 256, (24, 40, 3), np.uint8)
+    wide[:, 8:32] = (200, 0, 0)
+    Image.fromarray(wide).save(folder / centred["image"])
+
+    with pytest.raises(ValueError) as error:
+        paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                         source="image", target="depth", resolution=0)
+    line, file = re.search(r"row (\d+), (\S+): ", str(error.value)).groups()
+    assert file in rows[int(line) - 2].values(), str(error.value)
+    assert "data.resolution > 0 crops and resizes" in str(error.value)
+    assert not (tmp_path / "tfds").exists()
+
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="depth", resolution=8)
+    shapes = {"image": (8, 8, 3), "sketch": (8, 8), "depth": (8, 8), "mask": (8, 8)}
+    for record in _all_records(ds, "image") + _all_records(ds, "depth"):
+        assert {k: record[k].shape for k in shapes} == shapes
+    index = [r["line"] for r in split_rows(folder, centred["split"], "image")].index(
+        centred["line"])
+    red = ds.pools["image"][centred["split"]][index]["image"]
+    assert (red == np.array([200, 0, 0], np.uint8)).all()
+
+
+def test_masks_are_resized_nearest_and_keep_their_ids(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=2, num_test=2, unpaired_rows=0,
+                                modalities=("image", "sketch"))
+    rng = np.random.default_rng(2)
+    for row in manifest_rows(folder):
+        _save_mask(folder / row["mask"], rng.choice(np.array([0, 3, 7], np.uint8), (20, 30)))
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="sketch", resolution=8)
+    masks = [record["mask"] for record in _all_records(ds, "image")]
+    assert {m.shape for m in masks} == {(8, 8)}
+    assert set(np.unique(masks)) == {0, 3, 7}
+
+
+def _triangle(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of an antialiased linear resize, each row summing to 1: a
+    triangle as wide as the scale on either side of each output pixel's centre."""
+    scale = n_in / n_out
+    distance = np.abs((np.arange(n_in) + 0.5)[None] - (np.arange(n_out) + 0.5)[:, None] * scale)
+    weights = np.maximum(0.0, 1.0 - distance / max(scale, 1.0))
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def test_depth_is_resized_as_the_average_of_valid_pixels(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=2, num_test=2, unpaired_rows=0,
+                                modalities=("image", "depth"), with_mask=False)
+    row = split_rows(folder, "train", "depth")[0]
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(1, 3, (10, 8)).astype(np.float32)
+    depth[rng.random(depth.shape) < 0.3] = 0.0
+    depth[4, 4] = np.nan
+    np.save(folder / row["depth"], depth)
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="depth", resolution=4)
+    square = depth[1:9]  # The centre 8x8 square of the 10x8 map.
+    valid = np.isfinite(square) & (square > 0)
+    w = _triangle(8, 4)
+    weight = w @ valid @ w.T
+    expected = (w @ np.where(valid, square, 0.0) @ w.T) / weight
+    got = ds.pools["depth"]["train"][0]["depth"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    naive = w @ np.nan_to_num(square) @ w.T  # Invalid zeros bleeding into the average.
+    assert not np.allclose(got, naive, rtol=1e-3)

@@ -19,17 +19,25 @@ Files become raw record fields as `cmcd_jax.data.sources` describes them:
                                 averaged, resampled to `audio_sample_rate`, clipped, and
                                 zero-padded to the longest clip of the column in the folder
 
+With `resolution` > 0 every image file (any column) and every depth and mask .npy is cropped
+to its centre square and resized to (resolution, resolution) (`cmcd_jax.data.spatial`):
+bilinear, antialiased, for images and sketches; nearest for masks, so class ids stay exact;
+for depth the bilinear average of the valid pixels (finite and > 0), so invalid ones do not
+bleed into it. Other .npy files keep their shape. With `resolution` 0 every file keeps its
+size, and files of one column must agree.
+
 Every record holds every column (zeros where the cell is empty) with a bool `has_<column>`
 flag, and, when the folder is labelled, `label` (int64, -1 when unlabelled) whose class
 names are the sorted names, or "0".."max" when the labels are integer ids (kept as is).
 A split's records keep the manifest's row order.
 
 The build lives in the TFDS data dir at `paired_folder/<folder name>_<key>/1.0.0`; `key`
-hashes manifest.csv's bytes, the path, size and mtime of every file it names, the audio
-sample rate and `FORMAT`: editing the manifest, replacing or touching a file it names, or
-another rate builds anew (into a new directory; old builds stay until deleted); anything
-else, moving the folder included, reuses the build. Every file is read and checked before anything
-is written, and TFDS writes into a temporary directory renamed only on success.
+hashes manifest.csv's bytes, the path, size and mtime of every file it names, the
+`Conversion` (resolution, audio sample rate) and `FORMAT`: editing the manifest, replacing or
+touching a file it names, or another setting builds anew (into a new directory; old builds
+stay until deleted); anything else, moving the folder included, reuses the build. Every file
+is read and checked before anything is written, and TFDS writes into a temporary directory
+renamed only on success.
 """
 
 from __future__ import annotations
@@ -52,10 +60,10 @@ from PIL import Image
 from scipy import signal
 
 from cmcd_jax import log
-from cmcd_jax.data import sources
+from cmcd_jax.data import sources, spatial
 
 MANIFEST = "manifest.csv"
-FORMAT = 1  # Bump whenever files are read differently: every cached build is redone.
+FORMAT = 2  # Bump whenever files are read differently: every cached build is redone.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 EXTENSIONS = {"image": IMAGE_EXTENSIONS, "sketch": IMAGE_EXTENSIONS, "depth": (".npy",),
               "audio": (".wav",), "mask": (".png", ".npy")}
@@ -65,8 +73,18 @@ READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, wave.Error,
                Image.DecompressionBombError)
 MAX_PIXELS = 4096 * 4096  # Larger images are refused before they are decoded.
 MAX_CLASSES = 100_000  # Integer label ids are class indices: 0 .. MAX_CLASSES - 1.
+SQUARE_ARRAYS = ("depth", "mask")  # The columns whose .npy files are resized (as maps).
 
 Spec = tuple[tuple[int, ...], np.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversion:
+    """How files become record fields: the side images and maps are cropped and resized to
+    (0: their own size) and the rate clips are resampled to (Hz)."""
+
+    resolution: int = 0
+    audio_sample_rate: int = 16000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,9 +282,10 @@ def check_request(manifest: Manifest, source: str, target: str, pairing: str) ->
                                      "label pairing needs every source/target row labelled")
 
 
-def cache_key(manifest: Manifest, audio_sample_rate: int) -> str:
-    """`<folder name>_<hash>` of the manifest, its files' sizes and mtimes, and the rate."""
-    digest = hashlib.sha256(f"{FORMAT} {audio_sample_rate}\n".encode())
+def cache_key(manifest: Manifest, conversion: Conversion) -> str:
+    """`<folder name>_<hash>` of `FORMAT`, the conversion, the manifest and its files' sizes
+    and mtimes."""
+    digest = hashlib.sha256(f"{FORMAT} {conversion}\n".encode())
     digest.update(manifest.path.read_bytes())
     for row in manifest.rows:
         for relative in row.files.values():
@@ -342,38 +361,60 @@ def _array(column: str, array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def read_file(column: str, file: pathlib.Path, audio_sample_rate: int) -> np.ndarray:
+def resizes(column: str, file: str) -> bool:
+    """Whether `file` of `column` is cropped and resized to the resolution: image files,
+    and .npy files of the depth and mask columns."""
+    extension = os.path.splitext(file)[1].lower()
+    return extension in IMAGE_EXTENSIONS or (extension == ".npy" and column in SQUARE_ARRAYS)
+
+
+def resize(column: str, array: np.ndarray, size: int) -> np.ndarray:
+    """A field of `column` cropped to its centre square and resized to (size, size):
+    nearest for masks, valid-weighted for depth, bilinear otherwise."""
+    if column == "mask":
+        return spatial.resize_class_map(array, size)
+    if column == "depth":
+        return spatial.resize_depth(array, size)
+    return spatial.resize_image(array, size)
+
+
+def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.ndarray:
     """One file as the raw record field of `column` (see the module docstring), unpadded."""
     extension = file.suffix.lower()
     if extension == ".wav":
-        return resample(*read_wav(file), audio_sample_rate)
+        return resample(*read_wav(file), conversion.audio_sample_rate)
     if extension == ".npy":
-        return _array(column, np.load(file, allow_pickle=False))
-    with Image.open(file) as image:
-        if image.width * image.height > MAX_PIXELS:
-            raise ValueError(f"{image.width}x{image.height} pixels, over the limit of "
-                             f"{MAX_PIXELS} ({math.isqrt(MAX_PIXELS)} squared): downscale it")
-        return _image(column, image)
+        array = _array(column, np.load(file, allow_pickle=False))
+    else:
+        with Image.open(file) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} pixels, over the limit of "
+                                 f"{MAX_PIXELS} ({math.isqrt(MAX_PIXELS)} squared): "
+                                 f"downscale it")
+            array = _image(column, image)
+    if conversion.resolution and resizes(column, file.name):
+        return resize(column, array, conversion.resolution)
+    return array
 
 
 def _read_checked(manifest: Manifest, row: Row, column: str, relative: str,
-                  audio_sample_rate: int) -> np.ndarray:
+                  conversion: Conversion) -> np.ndarray:
     try:
-        return read_file(column, manifest.file(relative), audio_sample_rate)
+        return read_file(column, manifest.file(relative), conversion)
     except READ_ERRORS as e:
         problem = str(e) or type(e).__name__
         raise manifest_error(manifest.path, row.line, relative,
                              f"cannot read as {column!r}: {problem}") from e
 
 
-def infer_specs(manifest: Manifest, audio_sample_rate: int) -> dict[str, Spec]:
+def infer_specs(manifest: Manifest, conversion: Conversion) -> dict[str, Spec]:
     """Reads every file: each column's (shape, dtype), equal within the column (clips are
     padded to the longest). Raises on the first unreadable or inconsistent file."""
     specs: dict[str, Spec] = {}
     first: dict[str, tuple[Row, str, tuple]] = {}
     for row in manifest.rows:
         for column, relative in row.files.items():
-            array = _read_checked(manifest, row, column, relative, audio_sample_rate)
+            array = _read_checked(manifest, row, column, relative, conversion)
             clip = relative.lower().endswith(".wav")
             kind = (array.dtype, "clip" if clip else array.shape)
             if column not in first:
@@ -381,9 +422,11 @@ def infer_specs(manifest: Manifest, audio_sample_rate: int) -> dict[str, Spec]:
                 specs[column] = (array.shape, array.dtype)
             elif kind != first[column][2]:
                 row0, relative0, kind0 = first[column]
+                hint = ("; data.resolution > 0 crops and resizes every image and map to that "
+                        "side" if resizes(column, relative) else "")
                 raise manifest_error(manifest.path, row.line, relative,
                                      f"{column} is {kind[1]} {kind[0]} but {relative0} "
-                                     f"(row {row0.line}) is {kind0[1]} {kind0[0]}")
+                                     f"(row {row0.line}) is {kind0[1]} {kind0[0]}{hint}")
             elif clip:
                 specs[column] = ((max(specs[column][0][0], len(array)),), array.dtype)
     return {c: specs[c] for c in (*manifest.modalities, "mask") if c in specs}
@@ -394,13 +437,13 @@ def _pad(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def make_example(manifest: Manifest, row: Row, specs: Mapping[str, Spec],
-                 audio_sample_rate: int) -> dict:
+                 conversion: Conversion) -> dict:
     """The record of `row`: every column (zeros when absent), its flag, and the label."""
     example = {}
     for column, (shape, dtype) in specs.items():
         relative = row.files.get(column)
         value = (np.zeros(shape, dtype) if relative is None else
-                 read_file(column, manifest.file(relative), audio_sample_rate))
+                 read_file(column, manifest.file(relative), conversion))
         example[column] = _pad(value, shape)
         example[f"has_{column}"] = relative is not None
     if manifest.class_names:
@@ -425,7 +468,7 @@ class PairedFolderConfig(tfds.core.BuilderConfig):
     """One state of one folder; `specs` is None when only reading an existing build."""
 
     manifest: Manifest | None = dataclasses.field(default=None, repr=False)
-    audio_sample_rate: int = 16000
+    conversion: Conversion = Conversion()
     specs: Mapping[str, Spec] | None = dataclasses.field(default=None, repr=False)
 
 
@@ -450,19 +493,19 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str):
         cfg = self.builder_config
         for index, row in enumerate(cfg.manifest.split_rows(split)):
-            yield index, make_example(cfg.manifest, row, cfg.specs, cfg.audio_sample_rate)
+            yield index, make_example(cfg.manifest, row, cfg.specs, cfg.conversion)
 
 
-def folder_builder(manifest: Manifest, audio_sample_rate: int,
+def folder_builder(manifest: Manifest, conversion: Conversion,
                    data_dir: str | os.PathLike | None = None) -> PairedFolder:
     """The folder's prepared builder: reused from `data_dir`, else checked and built."""
-    config = PairedFolderConfig(name=cache_key(manifest, audio_sample_rate),
+    config = PairedFolderConfig(name=cache_key(manifest, conversion),
                                 description=str(manifest.path.parent), manifest=manifest,
-                                audio_sample_rate=audio_sample_rate)
+                                conversion=conversion)
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
     if builder.data_path.exists() and builder.is_prepared():
         return builder
-    config = dataclasses.replace(config, specs=infer_specs(manifest, audio_sample_rate))
+    config = dataclasses.replace(config, specs=infer_specs(manifest, conversion))
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
     sources.build_once(builder, f"the paired folder {manifest.path.parent} "
                                 f"({len(manifest.rows)} manifest rows) as TFDS "
@@ -478,15 +521,19 @@ def _indices(rows: list[Row], modalities: tuple[str, ...]) -> np.ndarray:
 def load_paired_folder(directory: str | os.PathLike, *,
                        data_dir: str | os.PathLike | None = None,
                        source: str, target: str, pairing: str = "instance",
-                       audio_sample_rate: int = 16000) -> sources.Dataset:
-    """The folder as a `sources.Dataset` of its source and target pools; the TFDS build is
-    made on first use and reused while the folder is unchanged."""
+                       resolution: int = 0, audio_sample_rate: int = 16000
+                       ) -> sources.Dataset:
+    """The folder as a `sources.Dataset` of its source and target pools, images and maps
+    resized to `resolution` (0: as stored); the TFDS build is made on first use and reused
+    while the folder and the settings are unchanged."""
     if int(audio_sample_rate) != audio_sample_rate or audio_sample_rate <= 0:
         raise ValueError(f"audio_sample_rate={audio_sample_rate!r}: a positive integer")
-    audio_sample_rate = int(audio_sample_rate)
+    if int(resolution) != resolution or resolution < 0:
+        raise ValueError(f"resolution={resolution!r}: an integer >= 0")
+    conversion = Conversion(int(resolution), int(audio_sample_rate))
     manifest = read_manifest(directory)
     check_request(manifest, source, target, pairing)
-    data = folder_builder(manifest, audio_sample_rate, data_dir or None).as_data_source()
+    data = folder_builder(manifest, conversion, data_dir or None).as_data_source()
     rows = {split: manifest.split_rows(split) for split in manifest.splits}
     pools = {m: {s: sources.Records(data[s], _indices(rows[s], (m,))) for s in rows}
              for m in (source, target)}
@@ -495,4 +542,4 @@ def load_paired_folder(directory: str | os.PathLike, *,
     return sources.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
-                           audio_sample_rate=audio_sample_rate)
+                           audio_sample_rate=conversion.audio_sample_rate)

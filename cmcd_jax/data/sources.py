@@ -200,7 +200,8 @@ def load_dataset(config) -> Dataset:
                              "holding manifest.csv")
         dataset = paired_folder.load_paired_folder(
             data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
-            pairing=data.pairing, audio_sample_rate=data.audio_sample_rate)
+            pairing=data.pairing, resolution=data.resolution,
+            audio_sample_rate=data.audio_sample_rate)
     else:
         from cmcd_jax.data import recipes
         if config.dataset not in recipes.RECIPES:

@@ -1,4 +1,4 @@
-"""Square crops and resizes of images and depth maps.
+"""Square crops and resizes of images, class maps and depth maps.
 
 The recipes apply them to each record when it is read, paired folders to each file when the
 folder is built. Every resize first takes the largest centred square, so maps of one sample
@@ -19,11 +19,12 @@ def centre_square(array: np.ndarray) -> np.ndarray:
     return array[top:top + side, left:left + side]
 
 
-def resize_array(array: np.ndarray, size: int) -> np.ndarray:
-    """A 2-D uint8 or float32 array, or an RGB uint8 one, resized to (size, size) by PIL's
-    bilinear filter (antialiased: PIL widens the filter when shrinking)."""
+def resize_array(array: np.ndarray, size: int,
+                 resample: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:
+    """A 2-D uint8 or float32 array, or an RGB uint8 one, resized to (size, size) by PIL
+    (bilinear by default: antialiased, PIL widens the filter when shrinking)."""
     image = Image.fromarray(np.ascontiguousarray(array))
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(image.resize((size, size), resample))
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -33,6 +34,12 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     if square.ndim == 2 or square.shape[-1] == 3:
         return resize_array(square, size)
     return np.stack([resize_array(square[..., c], size) for c in range(square.shape[-1])], -1)
+
+
+def resize_class_map(classes: np.ndarray, size: int) -> np.ndarray:
+    """uint8 class map (H, W) -> centre square -> (size, size), nearest: ids stay exact."""
+    square = centre_square(np.asarray(classes, np.uint8))
+    return resize_array(square, size, Image.Resampling.NEAREST)
 
 
 def resize_depth(depth: np.ndarray, size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.dataset = "cmcd_shapes"
     c.data = dict(config_name="32", data_dir="", dir="", resolution=32, pairing="instance",
-                  audio_sample_rate=16000, source="image", target="sketch",
+                  audio_sample_rate=0, audio_seconds=1.0, source="image", target="sketch",
                   source_pool=SOURCE_POOL, num_pairs=0)
     c.methods = "cmc,cmd,l2,target_only,random_init"
     c.num_seeds = 1
@@ -83,7 +83,12 @@ HELP = {
                        "files' own size, which must then agree within a column)",
     "data.pairing": "'instance' (the dataset's pairs) or 'label' (a random same-class "
                     "partner, re-drawn every epoch: a weaker assumption)",
-    "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz)",
+    "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz); "
+                              "0: the files' own (the highest, said in a note, when they "
+                              "differ)",
+    "data.audio_seconds": "paired_folder: every clip centre-cropped or zero-padded (centred) "
+                          "to this duration at build time; 0: zero-padded at the end to the "
+                          "longest clip",
     "data.source_pool": "cmcd_shapes only (other datasets have the records they have): "
                         "unpaired source images (cmcd_shapes_source) that step 1 trains on "
                         "beside the paired ones (0: none)",

@@ -99,6 +99,10 @@ def check_config(config) -> None:
         if config.data.config_name not in shapes.CONFIG_NAMES:
             raise ValueError(f"config.data.config_name={config.data.config_name!r}; valid: "
                              f"{', '.join(shapes.CONFIG_NAMES)}")
+    if config.dataset == "paired_folder":
+        from cmcd_jax.data import paired_folder
+        paired_folder.checked_conversion(config.data.resolution, config.data.audio_sample_rate,
+                                         config.data.audio_seconds)
     check_positive(config)
     gap_levels(config)
     distill.check_cacheable(config)

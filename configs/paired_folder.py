@@ -14,13 +14,14 @@ Two variants (`--config=configs/paired_folder.py:<variant>`):
   target_only. Raise the steps with the size of the folder.
 
 The folder is converted once into a TFDS dataset (array_record) in the TFDS data dir
-(`--config.data.data_dir`), its images and maps cropped and resized to `data.resolution`;
-it is rebuilt only when the manifest, a file or a `data.resolution` /
-`data.audio_sample_rate` setting changes. Distillation uses the rows holding both modalities
-(`--config.data.pairing=label` instead pairs every target row with a random source row of
-the same class, re-drawn every epoch: a weaker assumption than instance pairs). The probe
-trains on `downstream.labels_per_class` labelled target rows per class of the train split
-(all when fewer) and tests on the test split.
+(`--config.data.data_dir`), its images and maps cropped and resized to `data.resolution`,
+its clips at the files' rate (or `data.audio_sample_rate`) cropped or padded to
+`data.audio_seconds`; it is rebuilt only when the manifest, a file or one of these settings
+changes. Distillation uses the rows holding both modalities (`--config.data.pairing=label`
+instead pairs every target row with a random source row of the same class, re-drawn every
+epoch: a weaker assumption than instance pairs). The probe trains on
+`downstream.labels_per_class` labelled target rows per class of the train split (all when
+fewer) and tests on the test split.
 """
 
 from cmcd_jax import defaults

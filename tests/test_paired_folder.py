@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from scipy import signal
 
+from cmcd_jax import defaults, experiment
 from cmcd_jax.data import paired_folder
-from folder_fixture import CLASS_NAMES, make_paired_folder
+from folder_fixture import CLASS_NAMES, make_paired_folder, write_wav
 
 
 def manifest_rows(folder: pathlib.Path) -> list[dict]:
@@ -511,3 +512,110 @@ def test_depth_is_resized_as_the_average_of_valid_pixels(tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     naive = w @ np.nan_to_num(square) @ w.T  # Invalid zeros bleeding into the average.
     assert not np.allclose(got, naive, rtol=1e-3)
+
+
+# --- audio: the files' rate, data.audio_seconds ---------------------------------------------
+
+
+def _audio_folder(path: pathlib.Path, clips: list[tuple[int, int]]) -> pathlib.Path:
+    """A folder of image and audio rows (two train, two test) whose clips, in manifest
+    order, are noise at the (rate, number of samples) of `clips`."""
+    folder = make_paired_folder(path, num_train=2, num_test=2, unpaired_rows=0,
+                                modalities=("image", "audio"), with_mask=False)
+    rng = np.random.default_rng(4)
+    for row, (rate, length) in zip(manifest_rows(folder), clips, strict=True):
+        write_wav(folder / row["audio"], rng.uniform(-0.9, 0.9, length), rate)
+    return folder
+
+
+def _clips(folder: pathlib.Path, dataset) -> list[tuple[dict, np.ndarray]]:
+    """(manifest row, record's clip) of every audio row."""
+    return [(row, dataset.pools["audio"][split][i]["audio"])
+            for split in ("train", "test")
+            for i, row in enumerate(split_rows(folder, split, "audio"))]
+
+
+def test_clips_keep_the_files_rate_and_are_centre_cropped_or_padded(tmp_path, capsys):
+    folder = _audio_folder(tmp_path / "f", [(8000, 9001), (8000, 3001), (8000, 8000),
+                                            (8000, 12345)])
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="audio", audio_seconds=1.0)
+    assert ds.audio_sample_rate == 8000 and "note:" not in capsys.readouterr().err
+    middles = {9001: slice(500, 8500), 12345: slice(2172, 10172), 8000: slice(0, 8000)}
+    for row, clip in _clips(folder, ds):
+        source = expected_audio(folder / row["audio"], 8000)
+        assert clip.dtype == np.float32 and clip.shape == (8000,)
+        if len(source) in middles:  # Longer clips: their middle second.
+            np.testing.assert_array_equal(clip, source[middles[len(source)]])
+        else:  # 3001 samples: 2499 zeros before, 2500 after.
+            np.testing.assert_array_equal(clip[2499:5500], source)
+            assert not clip[:2499].any() and not clip[5500:].any()
+
+
+def test_mixed_rates_are_resampled_to_the_highest_with_a_note(tmp_path, capsys):
+    folder = _audio_folder(tmp_path / "f", [(8000, 4000), (16000, 8000), (8000, 6000),
+                                            (16000, 20000)])
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="audio", audio_seconds=0.5)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and re.search(r"note: .*f: its clips are at 8000, 16000 Hz; all "
+                                         r"are resampled to the highest, 16000 Hz", notes[0])
+    assert ds.audio_sample_rate == 16000
+    for row, clip in _clips(folder, ds):
+        source = expected_audio(folder / row["audio"], 16000)
+        start = (len(source) - 8000) // 2
+        np.testing.assert_allclose(clip, source[start:start + 8000], atol=1e-6)
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="audio",
+                                          audio_sample_rate=8000, audio_seconds=0.5)
+    assert ds.audio_sample_rate == 8000 and "note:" not in capsys.readouterr().err
+    assert {clip.shape for _, clip in _clips(folder, ds)} == {(4000,)}
+
+
+def test_a_changed_setting_rebuilds(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=3, num_test=2, unpaired_rows=0)
+    store = tmp_path / "tfds"
+
+    def load(**settings):
+        ds = paired_folder.load_paired_folder(folder, data_dir=str(store), source="image",
+                                              target="audio", **settings)
+        builds = len(list((store / "paired_folder").iterdir()))
+        return builds, ds.pairs["train"][0]["audio"].shape, ds.pairs["train"][0]["image"].shape
+
+    assert load(audio_seconds=1.0) == (1, (16000,), (16, 16, 3))
+    assert load(audio_seconds=0.5) == (2, (8000,), (16, 16, 3))
+    assert load(audio_seconds=1.0) == (2, (16000,), (16, 16, 3))  # Reused.
+    assert load(audio_seconds=1.0, resolution=8) == (3, (16000,), (8, 8, 3))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"audio_seconds": -1.0}, "config.data.audio_seconds=-1.0; it must be finite and >= 0"),
+    ({"audio_seconds": float("nan")}, "config.data.audio_seconds=nan; it must be finite"),
+    ({"audio_seconds": float("inf")}, "config.data.audio_seconds=inf; it must be finite"),
+    ({"audio_sample_rate": -8000}, "config.data.audio_sample_rate=-8000; it must be an "
+                                   "integer >= 0"),
+    ({"resolution": 2.5}, "config.data.resolution=2.5; it must be an integer >= 0"),
+])
+def test_bad_settings_name_the_config_key_before_any_work(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):  # Before the folder is read.
+        paired_folder.load_paired_folder(tmp_path / "no_folder", data_dir=str(tmp_path),
+                                         source="image", target="audio", **settings)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("key, value", [("audio_seconds", -1.0), ("audio_sample_rate", -1),
+                                        ("resolution", -32)])
+def test_a_run_checks_the_settings_up_front(key, value):
+    config = defaults.default_config()
+    config.dataset = "paired_folder"
+    config.data[key] = value
+    with pytest.raises(ValueError, match=re.escape(f"config.data.{key}={value!r}; it must")):
+        experiment.check_config(config)
+
+
+def test_clips_shorter_than_a_sample_are_refused(folder, tmp_path):
+    with pytest.raises(ValueError, match=re.escape("config.data.audio_seconds=1e-05 is under "
+                                                   "one sample at 16000 Hz")):
+        paired_folder.load_paired_folder(folder, data_dir=str(tmp_path), source="image",
+                                         target="audio", audio_seconds=1e-5)
+    assert not list(tmp_path.iterdir())

@@ -16,8 +16,11 @@ Files become raw record fields as `cmcd_jax.data.sources` describes them:
     mask    .png .npy        -> uint8 (H, W) class map; values must be integers in 0..255
     other   .png .jpg .jpeg  -> uint8 (H, W, C); .npy -> float32, shape as stored
     any     .wav             -> float32 (T,) mono in [-1, 1]: 8/16/24/32-bit PCM, channels
-                                averaged, resampled to `audio_sample_rate`, clipped, and
-                                zero-padded to the longest clip of the column in the folder
+                                averaged, resampled to `audio_sample_rate` (0: the files'
+                                rate; the highest, said in a note, when rates differ),
+                                clipped, then centre-cropped or zero-padded (centred) to
+                                `audio_seconds` (0: zero-padded at the end to the longest
+                                clip of the column in the folder)
 
 With `resolution` > 0 every image file (any column) and every depth and mask .npy is cropped
 to its centre square and resized to (resolution, resolution) (`cmcd_jax.data.spatial`):
@@ -33,11 +36,11 @@ A split's records keep the manifest's row order.
 
 The build lives in the TFDS data dir at `paired_folder/<folder name>_<key>/1.0.0`; `key`
 hashes manifest.csv's bytes, the path, size and mtime of every file it names, the
-`Conversion` (resolution, audio sample rate) and `FORMAT`: editing the manifest, replacing or
-touching a file it names, or another setting builds anew (into a new directory; old builds
-stay until deleted); anything else, moving the folder included, reuses the build. Every file
-is read and checked before anything is written, and TFDS writes into a temporary directory
-renamed only on success.
+`Conversion` as given (resolution, audio rate and seconds) and `FORMAT`: editing the
+manifest, replacing or touching a file it names, or another setting builds anew (into a new
+directory; old builds stay until deleted); anything else, moving the folder included, reuses
+the build. Every file is read and checked before anything is written, and TFDS writes into a
+temporary directory renamed only on success.
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ import dataclasses
 import hashlib
 import io
 import math
+import numbers
 import os
 import pathlib
 import re
 import wave
-from collections.abc import Mapping
-from typing import IO
+from collections.abc import Callable, Mapping
+from typing import IO, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -76,15 +80,38 @@ MAX_CLASSES = 100_000  # Integer label ids are class indices: 0 .. MAX_CLASSES -
 SQUARE_ARRAYS = ("depth", "mask")  # The columns whose .npy files are resized (as maps).
 
 Spec = tuple[tuple[int, ...], np.dtype]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class Conversion:
     """How files become record fields: the side images and maps are cropped and resized to
-    (0: their own size) and the rate clips are resampled to (Hz)."""
+    (0: their own size), the rate clips are resampled to (Hz; 0: the files' own, the highest
+    when they differ) and the duration each clip is centre-cropped or padded to (seconds; 0:
+    every clip padded at its end to the longest)."""
 
     resolution: int = 0
-    audio_sample_rate: int = 16000
+    audio_sample_rate: int = 0
+    audio_seconds: float = 0.0
+
+    @property
+    def clip_length(self) -> int:
+        """Samples per clip (0: the longest clip's)."""
+        return round(self.audio_seconds * self.audio_sample_rate)
+
+
+def checked_conversion(resolution: int = 0, audio_sample_rate: int = 0,
+                       audio_seconds: float = 0.0) -> Conversion:
+    """The settings as a `Conversion`; a ValueError naming the config key of a bad one."""
+    for key, value in (("resolution", resolution), ("audio_sample_rate", audio_sample_rate)):
+        if not (isinstance(value, numbers.Real) and float(value).is_integer() and value >= 0):
+            raise ValueError(f"config.data.{key}={value!r}; it must be an integer >= 0 "
+                             f"(0: the files' own)")
+    if not (isinstance(audio_seconds, numbers.Real) and math.isfinite(audio_seconds)
+            and audio_seconds >= 0):
+        raise ValueError(f"config.data.audio_seconds={audio_seconds!r}; it must be finite and "
+                         f">= 0 (0: every clip padded to the longest)")
+    return Conversion(int(resolution), int(audio_sample_rate), float(audio_seconds))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,12 +350,30 @@ def read_wav(file: str | os.PathLike | IO[bytes]) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def wav_rate(file: pathlib.Path) -> int:
+    """The sample rate of a .wav file (its header only is read)."""
+    with wave.open(os.fspath(file), "rb") as f:
+        return f.getframerate()
+
+
 def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
     """`samples` at `rate` -> float32 at `new_rate` (polyphase filter), clipped to [-1, 1]."""
     if rate != new_rate:
         g = math.gcd(rate, new_rate)
         samples = signal.resample_poly(samples, new_rate // g, rate // g)
     return np.clip(samples, -1.0, 1.0).astype(np.float32)
+
+
+def fit_clip(samples: np.ndarray, length: int) -> np.ndarray:
+    """`samples` centre-cropped or zero-padded (centred) to `length` (0: as they are); an odd
+    surplus or shortfall falls at the end."""
+    if not length:
+        return samples
+    if len(samples) >= length:
+        start = (len(samples) - length) // 2
+        return samples[start:start + length]
+    left = (length - len(samples)) // 2
+    return np.pad(samples, (left, length - len(samples) - left))
 
 
 def _class_map(array: np.ndarray) -> np.ndarray:
@@ -382,7 +427,8 @@ def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.nda
     """One file as the raw record field of `column` (see the module docstring), unpadded."""
     extension = file.suffix.lower()
     if extension == ".wav":
-        return resample(*read_wav(file), conversion.audio_sample_rate)
+        return fit_clip(resample(*read_wav(file), conversion.audio_sample_rate),
+                        conversion.clip_length)
     if extension == ".npy":
         array = _array(column, np.load(file, allow_pickle=False))
     else:
@@ -397,10 +443,11 @@ def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.nda
     return array
 
 
-def _read_checked(manifest: Manifest, row: Row, column: str, relative: str,
-                  conversion: Conversion) -> np.ndarray:
+def _checked(manifest: Manifest, row: Row, column: str, relative: str,
+             read: Callable[[pathlib.Path], T]) -> T:
+    """`read` of the row's file of `column`; its read errors as one naming row and file."""
     try:
-        return read_file(column, manifest.file(relative), conversion)
+        return read(manifest.file(relative))
     except READ_ERRORS as e:
         problem = str(e) or type(e).__name__
         raise manifest_error(manifest.path, row.line, relative,
@@ -414,7 +461,8 @@ def infer_specs(manifest: Manifest, conversion: Conversion) -> dict[str, Spec]:
     first: dict[str, tuple[Row, str, tuple]] = {}
     for row in manifest.rows:
         for column, relative in row.files.items():
-            array = _read_checked(manifest, row, column, relative, conversion)
+            array = _checked(manifest, row, column, relative,
+                             lambda file: read_file(column, file, conversion))
             clip = relative.lower().endswith(".wav")
             kind = (array.dtype, "clip" if clip else array.shape)
             if column not in first:
@@ -496,12 +544,34 @@ class PairedFolder(tfds.core.GeneratorBasedBuilder):
             yield index, make_example(cfg.manifest, row, cfg.specs, cfg.conversion)
 
 
+def with_audio_rate(manifest: Manifest, conversion: Conversion) -> Conversion:
+    """`conversion` whose audio rate 0 becomes the highest rate of the folder's clips (0 when
+    it has none), said in a note when their rates differ; clips must last a sample."""
+    rate = conversion.audio_sample_rate
+    if not rate:
+        rates = sorted({_checked(manifest, row, column, relative, wav_rate)
+                        for row in manifest.rows for column, relative in row.files.items()
+                        if relative.lower().endswith(".wav")})
+        rate = max(rates, default=0)
+        if len(rates) > 1:
+            log.say(f"note: {manifest.path.parent}: its clips are at "
+                    f"{', '.join(map(str, rates))} Hz; all are resampled to the highest, "
+                    f"{rate} Hz (data.audio_sample_rate sets another rate)")
+    conversion = dataclasses.replace(conversion, audio_sample_rate=rate)
+    if conversion.audio_seconds and rate and not conversion.clip_length:
+        raise ValueError(f"config.data.audio_seconds={conversion.audio_seconds!r} is under one "
+                         f"sample at {rate} Hz")
+    return conversion
+
+
 def folder_builder(manifest: Manifest, conversion: Conversion,
                    data_dir: str | os.PathLike | None = None) -> PairedFolder:
-    """The folder's prepared builder: reused from `data_dir`, else checked and built."""
-    config = PairedFolderConfig(name=cache_key(manifest, conversion),
-                                description=str(manifest.path.parent), manifest=manifest,
-                                conversion=conversion)
+    """The folder's prepared builder: reused from `data_dir`, else checked and built. The
+    build is keyed by `conversion` as given and made `with_audio_rate`."""
+    name = cache_key(manifest, conversion)
+    conversion = with_audio_rate(manifest, conversion)
+    config = PairedFolderConfig(name=name, description=str(manifest.path.parent),
+                                manifest=manifest, conversion=conversion)
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
     if builder.data_path.exists() and builder.is_prepared():
         return builder
@@ -521,19 +591,18 @@ def _indices(rows: list[Row], modalities: tuple[str, ...]) -> np.ndarray:
 def load_paired_folder(directory: str | os.PathLike, *,
                        data_dir: str | os.PathLike | None = None,
                        source: str, target: str, pairing: str = "instance",
-                       resolution: int = 0, audio_sample_rate: int = 16000
-                       ) -> sources.Dataset:
-    """The folder as a `sources.Dataset` of its source and target pools, images and maps
-    resized to `resolution` (0: as stored); the TFDS build is made on first use and reused
-    while the folder and the settings are unchanged."""
-    if int(audio_sample_rate) != audio_sample_rate or audio_sample_rate <= 0:
-        raise ValueError(f"audio_sample_rate={audio_sample_rate!r}: a positive integer")
-    if int(resolution) != resolution or resolution < 0:
-        raise ValueError(f"resolution={resolution!r}: an integer >= 0")
-    conversion = Conversion(int(resolution), int(audio_sample_rate))
+                       resolution: int = 0, audio_sample_rate: int = 0,
+                       audio_seconds: float = 0.0) -> sources.Dataset:
+    """The folder as a `sources.Dataset` of its source and target pools, converted as
+    `Conversion` says (by default: images and maps as stored, clips at the files' rate and
+    padded to the longest); the TFDS build is made on first use and reused while the folder
+    and the settings are unchanged."""
+    conversion = checked_conversion(resolution, audio_sample_rate, audio_seconds)
     manifest = read_manifest(directory)
     check_request(manifest, source, target, pairing)
-    data = folder_builder(manifest, conversion, data_dir or None).as_data_source()
+    builder = folder_builder(manifest, conversion, data_dir or None)
+    rate = builder.builder_config.conversion.audio_sample_rate
+    data = builder.as_data_source()
     rows = {split: manifest.split_rows(split) for split in manifest.splits}
     pools = {m: {s: sources.Records(data[s], _indices(rows[s], (m,))) for s in rows}
              for m in (source, target)}
@@ -542,4 +611,4 @@ def load_paired_folder(directory: str | os.PathLike, *,
     return sources.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
-                           audio_sample_rate=conversion.audio_sample_rate)
+                           audio_sample_rate=rate)

@@ -201,7 +201,7 @@ def load_dataset(config) -> Dataset:
         dataset = paired_folder.load_paired_folder(
             data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
             pairing=data.pairing, resolution=data.resolution,
-            audio_sample_rate=data.audio_sample_rate)
+            audio_sample_rate=data.audio_sample_rate, audio_seconds=data.audio_seconds)
     else:
         from cmcd_jax.data import recipes
         if config.dataset not in recipes.RECIPES:

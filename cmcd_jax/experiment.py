@@ -642,11 +642,22 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
     return results
 
 
+def teacher_metrics(workdir: pathlib.Path, results: dict) -> dict[str, pathlib.Path]:
+    """{"pretrain (shared teacher)": its metrics.jsonl} when this run's teacher was trained
+    outside the workdir and its metrics are there; else {}."""
+    stage_dir = pathlib.Path(results["teacher"]["export"]).parent
+    metrics = stage_dir / "metrics.jsonl"
+    if stage_dir.resolve().is_relative_to(workdir.resolve()) or not metrics.exists():
+        return {}
+    return {"pretrain (shared teacher)": metrics}
+
+
 def draw_figures(config, workdir: pathlib.Path, dataset: sources.Dataset,
                  results: dict) -> None:
     """Loss curves, sample pairs, the comparison bars and the gap sweep, in workdir/figures."""
     figures = workdir / "figures"
-    plots.loss_curves(workdir, figures / "loss_curves.png")
+    plots.loss_curves(workdir, figures / "loss_curves.png",
+                      others=teacher_metrics(workdir, results))
     source, target = config.data.source, config.data.target
     if dataset.pairs:
         shown = (source, target, *(("mask",) if dataset.has_mask else ()))

@@ -83,6 +83,17 @@ def test_loss_curves_negative_losses_and_no_metrics(tmp_path):
     check_png(plots.loss_curves(tmp_path, tmp_path / "loss.png"), panels_size(1, 1))
 
 
+def test_loss_curves_draws_a_shared_teacher_beside_the_workdir(tmp_path):
+    teacher = tmp_path / "teachers" / "abc" / "metrics.jsonl"
+    write_metrics(teacher, [{"step": s, "loss": 5.0 - s} for s in range(1, 4)])
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    others = {"pretrain (shared teacher)": teacher}
+    check_png(plots.loss_curves(workdir, workdir / "loss.png", others), panels_size(1, 1))
+    write_metrics(workdir / "distill" / "cmc" / "metrics.jsonl", [{"step": 1, "loss": 2.0}])
+    check_png(plots.loss_curves(workdir, workdir / "loss.png", others), panels_size(2, 1))
+
+
 def test_read_losses_keeps_last_value_of_a_resumed_step(tmp_path):
     path = tmp_path / "metrics.jsonl"
     write_metrics(path, [{"step": 5, "loss": 3.0}, {"step": 10, "loss": 2.0},

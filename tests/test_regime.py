@@ -2,6 +2,7 @@
 step 2, few labels for step 3; and the step-1 teacher built once per data and step-1 config."""
 
 import json
+import pathlib
 import re
 import shutil
 import types
@@ -119,6 +120,16 @@ def test_results_record_the_regime_and_a_second_run_reuses_the_teacher(tmp_path,
     assert not again["trained_by_this_run"]
     assert (again["export"], again["probe_top1"]) == (teacher["export"], teacher["probe_top1"])
     assert "(reused)" in (tmp_path / "b" / "results.md").read_text()
+
+    meta = pathlib.Path(teacher["export"]) / "meta.json"
+    meta.write_text("{")
+    third = run_main(tmp_path / "c", shared, *args[1:], "--config.methods=random_init")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "reusing the teacher" not in third.stderr
+    assert f"[pretrain] export {meta.parent} is damaged" in third.stderr
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["teacher"][
+        "trained_by_this_run"]
+    assert (tmp_path / "c" / "figures" / "loss_curves.png").exists()  # the teacher's curve
 
 
 def test_target_encoders_have_their_own_kwargs_and_the_teacher_the_source_ones():

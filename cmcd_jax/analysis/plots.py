@@ -67,13 +67,19 @@ def stage_and_run(relative: pathlib.Path) -> tuple[str, str]:
     return "/".join(p for p in parts if p not in runs), "/".join(runs)
 
 
-def loss_curves(workdir: str | pathlib.Path, path: str | pathlib.Path) -> pathlib.Path:
-    """Loss vs step of every stage under `workdir` (each `<stage>/metrics.jsonl`): one panel
+def loss_curves(workdir: str | pathlib.Path, path: str | pathlib.Path,
+                others: dict[str, pathlib.Path] | None = None) -> pathlib.Path:
+    """Loss vs step of every stage under `workdir` (each `<stage>/metrics.jsonl`), and of
+    `others` (panel title -> a metrics.jsonl elsewhere, such as a shared teacher's): one panel
     per stage (`pretrain`, `distill/cmc`: each loss on its own axis), one line per seed or
     gap level; log scale where positive and spanning a factor of 10 or more. Panels of
     `PANEL` inches, `PANEL_COLUMNS` a row."""
     workdir = pathlib.Path(workdir)
     panels: dict[str, dict[str, tuple]] = {}
+    for title, f in (others or {}).items():
+        curve = read_losses(f)
+        if len(curve[0]):
+            panels[title] = {"": curve}
     for f in sorted(workdir.glob("**/metrics.jsonl")):
         curve = read_losses(f)
         if len(curve[0]):

@@ -113,7 +113,7 @@ def teacher(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> tu
         export = pathlib.Path(config.distill.teacher_export)
         return export, {"export": str(export), "trained_by_this_run": False}
     stage_dir = teacher_stage_dir(config, workdir, dataset)
-    reused = checkpoints.export_complete(stage_dir / "export")
+    reused = common.intact_export("pretrain", stage_dir / "export", mesh)
     if reused:
         log.say(f"[pretrain] reusing the teacher in {stage_dir} (same data and step-1 config)")
     export = train_encoder(config, stage_dir, dataset, mesh, config.data.source, "pretrain")

@@ -599,6 +599,7 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
     dataset = sources.load_dataset(config)
     with workdir_lock(workdir):
         claim_workdir(config, workdir, overwrite)
+        parallel.barrier("cmcd_jax: workdir claimed")  # Process 0 deleted what it replaced.
         return run_stages(config, workdir, dataset, mesh)
 
 

@@ -44,6 +44,13 @@ def initialize_distributed(mode: str = "auto") -> None:
     jax.distributed.initialize(**kwargs)
 
 
+def barrier(name: str) -> None:
+    """Waits until every process reaches `name` (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
     """A 1-D ('data',) mesh over the first `num_devices` devices (0 = all of them)."""
     devices = jax.devices()

@@ -114,3 +114,16 @@ def test_single_host_initialization_is_a_noop_and_bad_mode_is_named():
     parallel.initialize_distributed("off")
     with pytest.raises(ValueError, match="parallel.distributed='maybe'; valid: auto, on, off"):
         parallel.initialize_distributed("maybe")
+
+
+def test_barrier_waits_for_every_process_only_when_there_are_several(monkeypatch):
+    import jax
+    from jax.experimental import multihost_utils
+    from cmcd_jax import parallel
+
+    reached = []
+    monkeypatch.setattr(multihost_utils, "sync_global_devices", reached.append)
+    parallel.barrier("alone")
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    parallel.barrier("claimed")
+    assert reached == ["claimed"]

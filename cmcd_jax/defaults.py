@@ -36,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = dict(encoder="convnet",
                    encoder_kwargs=dict(widths=(16, 32, 64), convs_per_stage=1),
                    target_encoder_kwargs=dict(widths=(16, 32, 64), convs_per_stage=2),
-                   proj_hidden_dim=256, proj_dim=64)
+                   proj_hidden_dim=256, proj_dim=64, dtype="float32")
     c.pretrain = stage(400, 128, 2e-3, temperature=0.5, colour_jitter=0.4, reuse_teacher=True)
     c.pretrain.min_crop_scale = 0.15
     c.distill = stage(800, 128, 2e-3, teacher_export="", cache_teacher=False)
@@ -106,6 +106,8 @@ HELP = {
                                    "(the students and every target-side baseline)",
     "model.proj_hidden_dim": "hidden width of the projection heads",
     "model.proj_dim": "dimension of the contrastive embedding space",
+    "model.dtype": "the encoders' compute dtype: float32, or bfloat16 on TPU/GPU (parameters, "
+                   "BatchNorm statistics, features, heads, logits and losses stay float32)",
     "steps": "optimizer steps of the stage",
     "batch_size": "global batch size (divisible by the number of devices)",
     "learning_rate": "peak AdamW learning rate (linear warm-up, cosine decay)",

@@ -38,6 +38,7 @@ from cmcd_jax.stages import common, distill, downstream, pretrain
 BASELINES = ("target_only", "ssl_target", "random_init")
 METHODS = (*distill.METHODS, *BASELINES)
 TRAINED_STAGES = ("pretrain", "distill", "target_only", "finetune")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # model.dtype
 METRICS = ("probe_top1", "retrieval_top1", "seg_miou", "tv_lower", "mmd")
 
 
@@ -86,6 +87,9 @@ def check_config(config) -> None:
     if config.model.encoder not in IMAGE_ENCODERS:
         raise ValueError(f"config.model.encoder={config.model.encoder!r}; valid: "
                          f"{', '.join(sorted(IMAGE_ENCODERS))}")
+    if config.model.dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"config.model.dtype={config.model.dtype!r}; valid: "
+                         f"{', '.join(COMPUTE_DTYPES)}")
     if config.downstream.mode not in downstream.PROBE_MODES:
         raise ValueError(f"config.downstream.mode={config.downstream.mode!r}; valid: "
                          f"{', '.join(downstream.PROBE_MODES)}")

@@ -64,6 +64,7 @@ def test_check_config_accepts_the_defaults_and_every_method(tmp_path):
     ({"gap_levels": "0,3"}, "config.gap_levels='0,3'"),
     ({"data.dir": "/no/such/dir/cmcd"}, "config.data.dir='/no/such/dir/cmcd': no such directory"),
     ({"distill.cmd.variant": "foo"}, "config.distill.cmd.variant='foo'; valid: cross, within"),
+    ({"model.dtype": "float16"}, "config.model.dtype='float16'; valid: float32, bfloat16"),
     ({"data.config_name": "huge"}, "config.data.config_name='huge'; valid: 32, 64, tiny"),
     ({"distill.steps": 0}, "config.distill.steps=0; it must be > 0"),
     ({"pretrain.steps": -5}, "config.pretrain.steps=-5; it must be > 0"),

@@ -166,3 +166,48 @@ def test_encoder_with_head_tree_and_export(head, out_dim):
     # The encoder subtree restores on its own.
     encoder_vars = {col: tree["encoder"] for col, tree in variables.items()}
     np.testing.assert_array_equal(ConvNet().apply(encoder_vars, x, train=False), features)
+
+
+@pytest.mark.parametrize("target", ["sketch", "audio"])
+def test_bfloat16_compute_stays_close_to_float32_and_trains(target):
+    import optax
+    import types
+    from cmcd_jax import defaults, losses
+    from cmcd_jax.stages import common
+
+    config = defaults.default_config()
+    config.data.target = target
+    dataset = types.SimpleNamespace(audio_sample_rate=8000)
+    head = {"kind": "projection", "hidden_dim": 32, "out_dim": 16}
+    models = {}
+    for dtype in ("float32", "bfloat16"):
+        config.model.dtype = dtype
+        models[dtype] = common.build_model(common.encoder_spec(config, target, dataset), head)
+    shape = (16, 32, 32, 1) if target == "sketch" else (16, 4000)
+    x = jax.random.normal(jax.random.key(1), shape)
+    teacher = jax.random.normal(jax.random.key(2), (16, 16))
+    variables = models["float32"].init(jax.random.key(0), x, train=False)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+    def loss(params, model):
+        (_, z), _ = model.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+        return losses.cmc_loss(z, teacher, 0.2)
+
+    for dtype, model in models.items():  # The convolutions run in the model's dtype.
+        jaxpr = str(jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables))
+        assert ("bf16[16," in jaxpr) == (dtype == "bfloat16")
+    f32 = float(loss(variables["params"], models["float32"]))
+    bf16 = float(loss(variables["params"], models["bfloat16"]))
+    assert abs(bf16 - f32) < 0.02 * abs(f32)  # bfloat16 keeps ~3 significant digits
+    tx = optax.adam(1e-2)
+    params, state = variables["params"], tx.init(variables["params"])
+    step = jax.jit(jax.value_and_grad(lambda p: loss(p, models["bfloat16"])))
+    first, _ = step(params)
+    for _ in range(10):
+        value, grads = step(params)
+        assert value.dtype == jnp.float32
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    assert float(step(params)[0]) < 0.8 * float(first)

@@ -69,9 +69,11 @@ def make_optimizer(opt_cfg, steps: int) -> optax.GradientTransformation:
 
 def encoder_spec(config, modality: str, dataset) -> dict:
     """Name and kwargs of the encoder the config picks for `modality` of `dataset`: the
-    target's with `model.target_encoder_kwargs`, any other's with `model.encoder_kwargs`."""
+    target's with `model.target_encoder_kwargs`, any other's with `model.encoder_kwargs`,
+    computing in `model.dtype`."""
     kwargs = (config.model.target_encoder_kwargs if modality == config.data.target
               else config.model.encoder_kwargs).to_dict()
+    kwargs["dtype"] = config.model.dtype
     if modality == "audio":
         return {"name": "audio", "kwargs": {
             "backbone": config.model.encoder, "backbone_kwargs": kwargs,

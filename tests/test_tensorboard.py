@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from cmcd_jax.stages import common
-
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+from conftest import tensorboard_scalars
 
 
 def log_steps(workdir, losses: dict[int, float], total: int, every: int) -> None:
@@ -17,14 +16,6 @@ def log_steps(workdir, losses: dict[int, float], total: int, every: int) -> None
     with common.Progress("distill/cmc", total, 8, workdir, every) as progress:
         for step, loss in losses.items():
             progress(step, {"loss": jnp.float32(loss)})
-
-
-def tensorboard_scalars(workdir) -> list[tuple[str, int, float]]:
-    """[(tag, step, value), ...] as TensorBoard's EventAccumulator reads `workdir`."""
-    acc = event_accumulator.EventAccumulator(str(workdir))
-    acc.Reload()
-    return [(tag, e.step, e.value) for tag in sorted(acc.Tags()["scalars"])
-            for e in acc.Scalars(tag)]
 
 
 def jsonl_scalars(workdir) -> list[tuple[str, int, float]]:

@@ -100,6 +100,17 @@ def wait_for_step(metrics_file: pathlib.Path, step: int, proc: subprocess.Popen,
     raise TimeoutError(f"step {step} not reached in {timeout}s")
 
 
+def tensorboard_scalars(logdir: pathlib.Path) -> list[tuple[str, int, float]]:
+    """[(tag, step, value), ...] as TensorBoard's own EventAccumulator reads `logdir` (the
+    test is skipped without the tensorboard package)."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(logdir))
+    acc.Reload()
+    return [(tag, e.step, e.value) for tag in sorted(acc.Tags()["scalars"])
+            for e in acc.Scalars(tag)]
+
+
 def run_on_eight_devices(script: str, *args: str, extra_xla_flags: str = "",
                          timeout: float = 600):
     """Runs `script` (python source) in a subprocess on 8 simulated CPU devices and returns

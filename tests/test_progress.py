@@ -14,9 +14,9 @@ from cmcd_jax.stages import common
 
 
 def run_progress(tmp_path, losses, every: int):
-    progress = common.Progress("distill/cmc", len(losses), 8, tmp_path, every)
-    for step, loss in enumerate(losses, 1):
-        progress(step, {"loss": jnp.float32(loss)})
+    with common.Progress("distill/cmc", len(losses), 8, tmp_path, every) as progress:
+        for step, loss in enumerate(losses, 1):
+            progress(step, {"loss": jnp.float32(loss)})
     return [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
 
 

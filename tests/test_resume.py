@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_main, start_main, wait_for_step
+from conftest import run_main, start_main, tensorboard_scalars, wait_for_step
 
 OVERRIDES = ("--config.methods=cmc", "--config.checkpoint.every=3", "--config.log_every=1",
              "--config.pretrain.steps=12", "--config.distill.steps=9")
@@ -36,6 +36,11 @@ def assert_same_exports(workdir_a, workdir_b, stages=("pretrain", "distill/cmc")
             np.testing.assert_array_equal(a, b)
 
 
+def loss_curve(logdir) -> list[tuple[int, float]]:
+    """(step, loss) of every logged step, as TensorBoard reads them."""
+    return [(step, value) for tag, step, value in tensorboard_scalars(logdir) if tag == "loss"]
+
+
 def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_dir,
                                                                  reference):
 
@@ -48,6 +53,8 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_d
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[pretrain] resuming from step" in resumed.stderr
     assert_same_exports(reference, workdir)
+    assert len(list((workdir / "pretrain").glob("events.out.tfevents.*"))) == 2
+    assert loss_curve(workdir / "pretrain") == loss_curve(reference / "pretrain")
 
 
 def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir):

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tensorboardX
 
-from cmcd_jax import checkpoints, log, parallel, tensorboard
+from cmcd_jax import checkpoints, log, parallel
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
 
 
@@ -134,11 +135,25 @@ def with_encoder_of(variables: dict, export_dir: pathlib.Path, mesh) -> dict:
             for collection, tree in variables.items()}
 
 
+EVENTS_FLUSH_SECS = 1  # How soon a logged scalar reaches the event file on disk.
+
+
+def event_writer(logdir: pathlib.Path, first_step: int) -> tensorboardX.SummaryWriter:
+    """A new TensorBoard event file in `logdir` for a run whose first step is `first_step`.
+
+    The file opens with a SessionLog.START at `first_step`: TensorBoard then drops the
+    events an earlier, killed run logged from that step on, so a resumed stage shows each
+    step once (the rerun's values)."""
+    return tensorboardX.SummaryWriter(str(logdir), purge_step=first_step,
+                                      flush_secs=EVENTS_FLUSH_SECS)
+
+
 class Progress:
     """Prints step, the interval's mean metrics, examples/s and ETA; writes them to
     `workdir/metrics.jsonl` and to TensorBoard event files in `workdir` (`tensorboard
     --logdir WORKDIR`). The first step (which compiles) is timed on its own and left out of
-    the rates and the ETA."""
+    the rates and the ETA. Use it as a context manager: leaving it writes the last events
+    and closes the event file."""
 
     def __init__(self, name: str, total_steps: int, batch_size: int,
                  workdir: pathlib.Path, every: int):
@@ -150,7 +165,14 @@ class Progress:
         self.start = time.perf_counter()
         self.last = self.last_step = None  # Set once the first step has run.
         self.window: list[dict] = []  # The metrics of the steps since the last log.
-        self.events = None  # Opened on the first log, so skipped stages leave no file.
+        self.events = None  # Opened on the first step, so skipped stages leave no file.
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.events is not None:
+            self.events.close()
 
     def check_finite(self, step: int, metrics: dict) -> dict:
         """The metrics as floats; FloatingPointError naming the step if one is not finite."""
@@ -161,11 +183,14 @@ class Progress:
         return metrics
 
     def first_step_done(self, step: int, metrics: dict) -> None:
-        """Waits for the first step of this process (compilation included) and says so."""
+        """Waits for the first step of this process (compilation included) and says so;
+        process 0 opens the run's event file."""
         jax.block_until_ready(metrics)
         self.last, self.last_step = time.perf_counter(), step
         log.say(f"[{self.name}] step {step} compiled and ran in "
                 f"{self.last - self.start:.0f}s; {self.total} steps in all")
+        if self.is_writer:
+            self.events = event_writer(self.workdir, first_step=step)
 
     def __call__(self, step: int, metrics: dict) -> None:
         """Logs (and checks) the mean metrics every `every` steps and at the end."""
@@ -190,9 +215,8 @@ class Progress:
         scalars = {**metrics, **({"examples_per_sec": rate} if rate else {})}
         with self.metrics_file.open("a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.events = self.events or tensorboard.EventWriter(self.workdir)
-        self.events.scalars(scalars, step)
-        self.events.flush()
+        for tag, value in scalars.items():
+            self.events.add_scalar(tag, value, step)
 
 
 @contextlib.contextmanager
@@ -249,10 +273,10 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
     state = parallel.replicate(TrainState.create(variables, tx), mesh)
     step_fn = jax.jit(with_param_norm(make_step(model, tx)), donate_argnums=0,
                       out_shardings=parallel.replicated(mesh))
-    progress = Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
-                        config.log_every)
-    with checkpoints.train_checkpoints(stage_dir / "ckpt", config.checkpoint.every,
-                                       config.checkpoint.keep) as manager:
+    with (Progress(name, stage_cfg.steps, stage_cfg.batch_size, stage_dir,
+                   config.log_every) as progress,
+          checkpoints.train_checkpoints(stage_dir / "ckpt", config.checkpoint.every,
+                                        config.checkpoint.keep) as manager):
         state = checkpoints.restore_train(manager, state, batches)
         if int(state.step):
             log.say(f"[{name}] resuming from step {int(state.step)}")

@@ -8,7 +8,7 @@ folder that stays inside it once resolved, symlinks included (empty when the sam
 that modality), its label (a class name or a non-negative integer id;
 empty when unlabelled) and its mask.
 
-Files become raw record fields as `cmcd_jax.data.sources` describes them:
+Files become raw record fields as `cmcd_jax.data.datasets` describes them:
 
     image   .png .jpg .jpeg  -> uint8 (H, W, 3); grayscale replicated to 3 channels
     sketch  .png .jpg .jpeg  -> uint8 (H, W); colour converted to luminance
@@ -64,7 +64,7 @@ from PIL import Image
 from scipy import signal
 
 from cmcd_jax import log
-from cmcd_jax.data import sources, spatial
+from cmcd_jax.data import datasets, spatial
 
 MANIFEST = "manifest.csv"
 FORMAT = 2  # Bump whenever files are read differently: every cached build is redone.
@@ -280,8 +280,8 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
 def check_request(manifest: Manifest, source: str, target: str, pairing: str) -> None:
     """Checks that every split can serve `source` -> `target` under `pairing`."""
     path = manifest.path
-    if pairing not in sources.PAIRINGS:
-        raise ValueError(f"pairing={pairing!r}; valid: {', '.join(sources.PAIRINGS)}")
+    if pairing not in datasets.PAIRINGS:
+        raise ValueError(f"pairing={pairing!r}; valid: {', '.join(datasets.PAIRINGS)}")
     for role, name in (("source", source), ("target", target)):
         if name not in manifest.modalities:
             raise manifest_error(path, 1, None,
@@ -577,9 +577,9 @@ def folder_builder(manifest: Manifest, conversion: Conversion,
         return builder
     config = dataclasses.replace(config, specs=infer_specs(manifest, conversion))
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
-    sources.build_once(builder, f"the paired folder {manifest.path.parent} "
-                                f"({len(manifest.rows)} manifest rows) as TFDS "
-                                f"paired_folder/{config.name}")
+    datasets.build_once(builder, f"the paired folder {manifest.path.parent} "
+                                 f"({len(manifest.rows)} manifest rows) as TFDS "
+                                 f"paired_folder/{config.name}")
     return builder
 
 
@@ -592,8 +592,8 @@ def load_paired_folder(directory: str | os.PathLike, *,
                        data_dir: str | os.PathLike | None = None,
                        source: str, target: str, pairing: str = "instance",
                        resolution: int = 0, audio_sample_rate: int = 0,
-                       audio_seconds: float = 0.0) -> sources.Dataset:
-    """The folder as a `sources.Dataset` of its source and target pools, converted as
+                       audio_seconds: float = 0.0) -> datasets.Dataset:
+    """The folder as a `Dataset` of its source and target pools, converted as
     `Conversion` says (by default: images and maps as stored, clips at the files' rate and
     padded to the longest); the TFDS build is made on first use and reused while the folder
     and the settings are unchanged."""
@@ -604,11 +604,11 @@ def load_paired_folder(directory: str | os.PathLike, *,
     rate = builder.builder_config.conversion.audio_sample_rate
     data = builder.as_data_source()
     rows = {split: manifest.split_rows(split) for split in manifest.splits}
-    pools = {m: {s: sources.Records(data[s], _indices(rows[s], (m,))) for s in rows}
+    pools = {m: {s: datasets.Records(data[s], _indices(rows[s], (m,))) for s in rows}
              for m in (source, target)}
     pairs = ({} if pairing == "label" else
-             {s: sources.Records(data[s], _indices(rows[s], (source, target))) for s in rows})
-    return sources.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
+             {s: datasets.Records(data[s], _indices(rows[s], (source, target))) for s in rows})
+    return datasets.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
                            audio_sample_rate=rate)

@@ -1,118 +1,13 @@
-"""Datasets as the stages see them: per-modality record pools and instance pairs.
-
-Every loader (the embedded `cmcd_shapes`, a user's paired folder, the real TFDS recipes)
-returns a `Dataset`. Records are dicts of numpy arrays whose fields are named by modality
-and hold raw values: `image` uint8 (H, W, 3) or (H, W, 1); `sketch` uint8 (H, W); `depth`
-float32 (H, W) in any unit, 0 or non-finite where invalid; `audio` float32 (T,) in [-1, 1];
-any other modality a uint8 or float array of fixed shape; plus `label` (int) when labelled
-and `mask` (uint8 (H, W) class map) when segmented. Within one pool every record has the same
-shapes, so records batch.
-"""
+"""The dataset a config names, loaded and checked; its target corrupted for the gap sweep."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from cmcd_jax import log
-
-PAIRINGS = ("instance", "label")
-
-
-class Records:
-    """The records of `source` at `indices` (all when None): a light, indexable view."""
-
-    def __init__(self, source: Any, indices: np.ndarray | None = None):
-        self.source = source
-        self.indices = None if indices is None else np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.source) if self.indices is None else len(self.indices)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.source[int(index if self.indices is None else self.indices[index])]
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """What the three stages read.
-
-    pools: modality -> split -> records holding that modality (with `label` when
-        `num_classes` > 0, `mask` when `has_mask`); stage 1 reads the source pool, stage 3
-        the target pool.
-    pairs: split -> records holding both the source and the target modality of one instance
-        (stage 2 and retrieval); empty under label pairing, where stage 2 pairs each target
-        record with a random source record of the same class, re-drawn every epoch.
-    """
-
-    name: str
-    pools: Mapping[str, Mapping[str, Any]]
-    pairs: Mapping[str, Any]
-    pairing: str = "instance"
-    num_classes: int = 0
-    has_mask: bool = False
-    audio_sample_rate: float = 8000.0
-    version: str = ""
-
-    def __post_init__(self):
-        if self.pairing not in PAIRINGS:
-            raise ValueError(f"pairing={self.pairing!r}; valid: {', '.join(PAIRINGS)}")
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.pools)
-
-
-class Concatenated:
-    """Several record sources read one after another, as one."""
-
-    def __init__(self, *parts: Any):
-        self.parts = parts
-        self.offsets = np.cumsum([0, *map(len, parts)])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"record {index} of {len(self)}")
-        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        return self.parts[part][index - int(self.offsets[part])]
-
-
-UNPAIRED = "unpaired"
-
-
-def unlabelled_records(dataset: Dataset, modality: str):
-    """Every train record of `modality` a self-supervised stage may see: its `train` split
-    and, where the pool has one, its `unpaired` split (labels are never read)."""
-    pool = dataset.pools[modality]
-    parts = [pool["train"], *([pool[UNPAIRED]] if UNPAIRED in pool else [])]
-    return parts[0] if len(parts) == 1 else Concatenated(*parts)
-
-
-def data_sizes(dataset: Dataset, source: str, target: str) -> dict:
-    """The regime actually used: step 1's source records (M, of which unpaired), step 2's
-    train pairs (m) and the target's train records."""
-    unpaired = dataset.pools[source].get(UNPAIRED)
-    return {"step1_source": len(unlabelled_records(dataset, source)),
-            "unpaired_source": 0 if unpaired is None else len(unpaired),
-            "pairs": len(dataset.pairs["train"]) if "train" in dataset.pairs else 0,
-            "target_train": len(dataset.pools[target]["train"])}
-
-
-def instance_paired(name: str, splits: Mapping[str, Any], modalities: tuple[str, ...],
-                    **info) -> Dataset:
-    """A `Dataset` whose every record holds every modality (one source per split)."""
-    return Dataset(name, pools={m: dict(splits) for m in modalities}, pairs=dict(splits),
-                   **info)
+from cmcd_jax.data import datasets
 
 
 def corrupt(modality: str, value: np.ndarray, level: float,
@@ -143,7 +38,7 @@ def corrupt(modality: str, value: np.ndarray, level: float,
     return noisy.astype(np.float32)
 
 
-class Corrupted(Records):
+class Corrupted(datasets.Records):
     """`records` with field `modality` corrupted at `level`, the same way on every read."""
 
     def __init__(self, records: Any, modality: str, level: float, seed: int):
@@ -158,7 +53,8 @@ class Corrupted(Records):
         return record
 
 
-def with_corrupted_target(dataset: Dataset, target: str, level: float, seed: int) -> Dataset:
+def with_corrupted_target(dataset: datasets.Dataset, target: str, level: float,
+                          seed: int) -> datasets.Dataset:
     """`dataset` whose `target` records (in pools and pairs) are corrupted at `level`."""
     if level <= 0:
         return dataset
@@ -168,21 +64,7 @@ def with_corrupted_target(dataset: Dataset, target: str, level: float, seed: int
     return dataclasses.replace(dataset, pools=pools, pairs=pairs)
 
 
-def build_once(builder, what: str) -> None:
-    """Prepares a TFDS `builder` whose records this machine makes itself (nothing is
-    downloaded), saying what is built and how long it took instead of TFDS's 'Downloading
-    and preparing dataset Unknown size' lines; a prepared one is reused silently."""
-    if builder.is_prepared():
-        return
-    log.say(f"building {what} in {builder.data_dir} (once: later runs on this data dir reuse "
-            f"it)")
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare()
-    log.say(f"built {what} in {time.perf_counter() - start:.0f}s")
-
-
-def load_dataset(config) -> Dataset:
+def load_dataset(config) -> datasets.Dataset:
     """The `Dataset` that `config.dataset` and `config.data` name (built on first use)."""
     data = config.data
     if config.dataset != "cmcd_shapes" and data.num_pairs:
@@ -211,8 +93,9 @@ def load_dataset(config) -> Dataset:
                                                   data.source, data.target)
     check_modalities(dataset.name, dataset.modalities, data.source, data.target)
     check_splits(dataset, data.source, data.target)
-    if data.pairing not in PAIRINGS:
-        raise ValueError(f"config.data.pairing={data.pairing!r}; valid: {', '.join(PAIRINGS)}")
+    if data.pairing not in datasets.PAIRINGS:
+        raise ValueError(f"config.data.pairing={data.pairing!r}; valid: "
+                         f"{', '.join(datasets.PAIRINGS)}")
     if data.pairing == "label" and dataset.pairing == "instance":
         if not dataset.num_classes:
             raise ValueError(f"config.data.pairing='label' needs labels; {dataset.name} has "
@@ -232,7 +115,7 @@ def check_modalities(name: str, modalities, source: str, target: str) -> None:
                              f"{', '.join(modalities)} ({name})")
 
 
-def check_splits(dataset: Dataset, source: str, target: str) -> None:
+def check_splits(dataset: datasets.Dataset, source: str, target: str) -> None:
     """Both modalities need a train and a test split."""
     for modality in (source, target):
         missing = {"train", "test"} - set(dataset.pools[modality])

@@ -56,15 +56,14 @@ import pathlib
 import re
 import wave
 from collections.abc import Callable, Mapping
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-from scipy import signal
 
 from cmcd_jax import log
-from cmcd_jax.data import datasets, spatial
+from cmcd_jax.data import datasets, readers, spatial
 
 MANIFEST = "manifest.csv"
 FORMAT = 2  # Bump whenever files are read differently: every cached build is redone.
@@ -325,45 +324,6 @@ def cache_key(manifest: Manifest, conversion: Conversion) -> str:
     return f"{folder[:40] or 'folder'}_{digest.hexdigest()[:16]}"
 
 
-def _pcm(data: bytes, width: int) -> np.ndarray:
-    """Little-endian PCM samples of `width` bytes -> float64 in [-1, 1)."""
-    if width == 1:
-        return (np.frombuffer(data, np.uint8) - 128.0) / 128.0
-    if width == 3:
-        padded = np.zeros((len(data) // 3, 4), np.uint8)
-        padded[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
-        return (padded.view("<i4")[:, 0] >> 8) / 2.0 ** 23
-    if width in (2, 4):
-        return np.frombuffer(data, f"<i{width}") / 2.0 ** (8 * width - 1)
-    raise ValueError(f"unsupported sample width: {8 * width} bits")
-
-
-def read_wav(file: str | os.PathLike | IO[bytes]) -> tuple[np.ndarray, int]:
-    """A PCM .wav file (path or binary file object) as mono float64 samples in [-1, 1]
-    (channels averaged) and its rate."""
-    with wave.open(file if hasattr(file, "read") else os.fspath(file), "rb") as f:
-        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-        data = f.readframes(f.getnframes())
-    samples = _pcm(data, width).reshape(-1, channels).mean(axis=1)
-    if not samples.size:
-        raise ValueError("the clip has no samples")
-    return samples, rate
-
-
-def wav_rate(file: pathlib.Path) -> int:
-    """The sample rate of a .wav file (its header only is read)."""
-    with wave.open(os.fspath(file), "rb") as f:
-        return f.getframerate()
-
-
-def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
-    """`samples` at `rate` -> float32 at `new_rate` (polyphase filter), clipped to [-1, 1]."""
-    if rate != new_rate:
-        g = math.gcd(rate, new_rate)
-        samples = signal.resample_poly(samples, new_rate // g, rate // g)
-    return np.clip(samples, -1.0, 1.0).astype(np.float32)
-
-
 def fit_clip(samples: np.ndarray, length: int) -> np.ndarray:
     """`samples` centre-cropped or zero-padded (centred) to `length` (0: as they are); an odd
     surplus or shortfall falls at the end."""
@@ -427,8 +387,8 @@ def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.nda
     """One file as the raw record field of `column` (see the module docstring), unpadded."""
     extension = file.suffix.lower()
     if extension == ".wav":
-        return fit_clip(resample(*read_wav(file), conversion.audio_sample_rate),
-                        conversion.clip_length)
+        samples = readers.resample(*readers.read_wav(file), conversion.audio_sample_rate)
+        return fit_clip(samples, conversion.clip_length)
     if extension == ".npy":
         array = _array(column, np.load(file, allow_pickle=False))
     else:
@@ -549,7 +509,7 @@ def with_audio_rate(manifest: Manifest, conversion: Conversion) -> Conversion:
     it has none), said in a note when their rates differ; clips must last a sample."""
     rate = conversion.audio_sample_rate
     if not rate:
-        rates = sorted({_checked(manifest, row, column, relative, wav_rate)
+        rates = sorted({_checked(manifest, row, column, relative, readers.wav_rate)
                         for row in manifest.rows for column, relative in row.files.items()
                         if relative.lower().endswith(".wav")})
         rate = max(rates, default=0)

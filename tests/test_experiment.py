@@ -90,10 +90,10 @@ def test_load_dataset_and_modality_errors_name_the_key():
         sources.load_dataset(config(dataset="paired_folder"))
     with pytest.raises(ValueError, match="config.data.source and config.data.target are both "
                                          "'image'"):
-        sources.check_modalities("toy", ("image", "sketch"), "image", "image")
+        datasets.check_modalities("toy", ("image", "sketch"), "image", "image")
     with pytest.raises(ValueError, match=re.escape("config.data.target='audio'; valid: image, "
                                                    "sketch (toy)")):
-        sources.check_modalities("toy", ("image", "sketch"), "image", "audio")
+        datasets.check_modalities("toy", ("image", "sketch"), "image", "audio")
 
 
 def test_with_seed_copies():

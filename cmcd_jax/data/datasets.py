@@ -1,7 +1,8 @@
 """The `Dataset` contract: what every loader returns and the stages read.
 
 Every loader (the embedded `cmcd_shapes`, a user's paired folder, the real TFDS recipes)
-returns a `Dataset`. Records are dicts of numpy arrays whose fields are named by modality
+returns a `Dataset` and is registered by name in `sources.LOADERS`; loaders import this
+module, never `sources`. Records are dicts of numpy arrays whose fields are named by modality
 and hold raw values: `image` uint8 (H, W, 3) or (H, W, 1); `sketch` uint8 (H, W); `depth`
 float32 (H, W) in any unit, 0 or non-finite where invalid; `audio` float32 (T,) in [-1, 1];
 any other modality a uint8 or float array of fixed shape; plus `label` (int) when labelled
@@ -113,6 +114,17 @@ def instance_paired(name: str, splits: Mapping[str, Any], modalities: tuple[str,
     """A `Dataset` whose every record holds every modality (one source per split)."""
     return Dataset(name, pools={m: dict(splits) for m in modalities}, pairs=dict(splits),
                    **info)
+
+
+def check_modalities(name: str, modalities, source: str, target: str) -> None:
+    """Source and target must be two different modalities of the dataset."""
+    if source == target:
+        raise ValueError(f"config.data.source and config.data.target are both {source!r}; "
+                         f"distillation needs two modalities")
+    for key, modality in (("source", source), ("target", target)):
+        if modality not in modalities:
+            raise ValueError(f"config.data.{key}={modality!r}; valid: "
+                             f"{', '.join(modalities)} ({name})")
 
 
 def build_once(builder, what: str) -> None:

@@ -572,3 +572,16 @@ def load_paired_folder(directory: str | os.PathLike, *,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
                            audio_sample_rate=rate)
+
+
+def from_config(config) -> datasets.Dataset:
+    """`load_paired_folder` of `config.data.dir` as `config.data` sets it (the
+    `sources.LOADERS` entry)."""
+    data = config.data
+    if not data.dir:
+        raise ValueError("config.data.dir is empty; paired_folder needs the directory "
+                         "holding manifest.csv")
+    return load_paired_folder(
+        data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
+        pairing=data.pairing, resolution=data.resolution,
+        audio_sample_rate=data.audio_sample_rate, audio_seconds=data.audio_seconds)

@@ -192,3 +192,11 @@ RECIPES: dict[str, Callable[..., datasets.Dataset]] = {
     "domainnet": load_domainnet,
     "sketchy": load_sketchy,
 }
+
+
+def from_config(config) -> datasets.Dataset:
+    """The recipe `config.dataset` names, as `config.data` sets it (the `sources.LOADERS`
+    entry of every recipe)."""
+    data = config.data
+    return RECIPES[config.dataset](data.data_dir or None, data.resolution, data.source,
+                                   data.target)

@@ -174,3 +174,12 @@ def load_dataset(config_name: str = "32", data_dir: str | None = None,
     return dataclasses.replace(
         dataset, pools=pools, version=f"{dataset.version}+cmcd_shapes_source/"
                                       f"{config_name}-{num_unpaired}:{CmcdShapesSource.VERSION}")
+
+
+def from_config(config) -> datasets.Dataset:
+    """`load_dataset` as `config.data` sets it (the `sources.LOADERS` entry), its source and
+    target checked to be modalities of cmcd_shapes before anything is built."""
+    data = config.data
+    datasets.check_modalities("cmcd_shapes", MODALITIES, data.source, data.target)
+    return load_dataset(data.config_name, data.data_dir or None,
+                        num_unpaired=data.source_pool, num_pairs=data.num_pairs)

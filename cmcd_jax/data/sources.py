@@ -1,13 +1,36 @@
-"""The dataset a config names, loaded and checked; its target corrupted for the gap sweep."""
+"""The dataset a config names, loaded through its registered loader and checked; its target
+corrupted for the gap sweep."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from cmcd_jax.data import datasets
+
+# config.dataset -> "module:function" of its loader: a function of the run's config returning
+# a `datasets.Dataset`. Resolved on use, so loading one dataset imports its module alone, and
+# no loader is imported here (loaders import `datasets`, never this module).
+LOADERS = {
+    "cmcd_shapes": "cmcd_jax.data.shapes:from_config",
+    "paired_folder": "cmcd_jax.data.paired_folder:from_config",
+    "spoken_digit_mnist": "cmcd_jax.data.recipes:from_config",
+    "nyu_depth_v2": "cmcd_jax.data.recipes:from_config",
+    "domainnet": "cmcd_jax.data.recipes:from_config",
+    "sketchy": "cmcd_jax.data.recipes:from_config",
+}
+
+
+def loader(name: str) -> Callable[..., datasets.Dataset]:
+    """The loader `LOADERS` registers for dataset `name`, its module imported."""
+    if name not in LOADERS:
+        raise ValueError(f"config.dataset={name!r}; valid: {', '.join(LOADERS)}")
+    module, function = LOADERS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def corrupt(modality: str, value: np.ndarray, level: float,
@@ -70,28 +93,8 @@ def load_dataset(config) -> datasets.Dataset:
     if config.dataset != "cmcd_shapes" and data.num_pairs:
         raise ValueError(f"config.data.num_pairs={data.num_pairs} sizes the embedded "
                          f"cmcd_shapes only; {config.dataset} has the pairs it has (set 0)")
-    if config.dataset == "cmcd_shapes":
-        from cmcd_jax.data import shapes
-        check_modalities("cmcd_shapes", shapes.MODALITIES, data.source, data.target)
-        dataset = shapes.load_dataset(data.config_name, data.data_dir or None,
-                                      num_unpaired=data.source_pool, num_pairs=data.num_pairs)
-    elif config.dataset == "paired_folder":
-        from cmcd_jax.data import paired_folder
-        if not data.dir:
-            raise ValueError("config.data.dir is empty; paired_folder needs the directory "
-                             "holding manifest.csv")
-        dataset = paired_folder.load_paired_folder(
-            data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
-            pairing=data.pairing, resolution=data.resolution,
-            audio_sample_rate=data.audio_sample_rate, audio_seconds=data.audio_seconds)
-    else:
-        from cmcd_jax.data import recipes
-        if config.dataset not in recipes.RECIPES:
-            valid = ", ".join(("cmcd_shapes", "paired_folder", *recipes.RECIPES))
-            raise ValueError(f"config.dataset={config.dataset!r}; valid: {valid}")
-        dataset = recipes.RECIPES[config.dataset](data.data_dir or None, data.resolution,
-                                                  data.source, data.target)
-    check_modalities(dataset.name, dataset.modalities, data.source, data.target)
+    dataset = loader(config.dataset)(config)
+    datasets.check_modalities(dataset.name, dataset.modalities, data.source, data.target)
     check_splits(dataset, data.source, data.target)
     if data.pairing not in datasets.PAIRINGS:
         raise ValueError(f"config.data.pairing={data.pairing!r}; valid: "
@@ -102,17 +105,6 @@ def load_dataset(config) -> datasets.Dataset:
                              f"none")
         dataset = dataclasses.replace(dataset, pairs={}, pairing="label")
     return dataset
-
-
-def check_modalities(name: str, modalities, source: str, target: str) -> None:
-    """Source and target must be two different modalities of the dataset."""
-    if source == target:
-        raise ValueError(f"config.data.source and config.data.target are both {source!r}; "
-                         f"distillation needs two modalities")
-    for key, modality in (("source", source), ("target", target)):
-        if modality not in modalities:
-            raise ValueError(f"config.data.{key}={modality!r}; valid: "
-                             f"{', '.join(modalities)} ({name})")
 
 
 def check_splits(dataset: datasets.Dataset, source: str, target: str) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import cmcd_jax
 from cmcd_jax import checkpoints, log, losses, parallel
 from cmcd_jax.analysis import plots
-from cmcd_jax.data import sources
+from cmcd_jax.data import datasets, sources
 from cmcd_jax.models import IMAGE_ENCODERS
 from cmcd_jax.stages import common, distill, downstream, pretrain
 
@@ -395,7 +395,7 @@ def with_seed(config, seed: int) -> ml_collections.ConfigDict:
     return copy
 
 
-def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: sources.Dataset,
+def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: datasets.Dataset,
                     data: dict, mesh, teacher_dir: pathlib.Path) -> dict:
     """Trains what `method` needs (skipping finished stages) and returns its metrics row."""
     row = dict.fromkeys(("probe_top1", "retrieval_top1", "seg_miou", "tv_lower",
@@ -451,7 +451,7 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def run_methods(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+def run_methods(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
                 teacher_dir: pathlib.Path, job: JobProgress) -> dict:
     """{method: metrics row} of one seed. Each row is kept in `row.json` of the method's
     directory, so a resumed run does not evaluate a finished method again (deleting that
@@ -547,7 +547,7 @@ def seed_dirs(config, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
     return {s: workdir if len(seeds) == 1 else workdir / f"seed_{s}" for s in seeds}
 
 
-def run_seeds(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+def run_seeds(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
               teacher_dir: pathlib.Path, job: JobProgress) -> dict:
     """Every method for every seed; aggregated rows."""
     return aggregate([run_methods(with_seed(config, s), seed_dir, dataset, mesh, teacher_dir,
@@ -567,7 +567,7 @@ def level_dir(workdir: pathlib.Path, level: float | None) -> pathlib.Path:
     return workdir if level is None else workdir / f"gap_{level:g}"
 
 
-def run_gap_sweep(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+def run_gap_sweep(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
                   teacher_dir: pathlib.Path, levels: list[float],
                   job: JobProgress) -> dict:
     """Every method at every corruption level of the target; error against distance."""
@@ -607,7 +607,7 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
         return run_stages(config, workdir, dataset, mesh)
 
 
-def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> dict:
+def run_stages(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh) -> dict:
     """`run` in a claimed workdir: the results of a completed run, else every stage."""
     results = read_saved(workdir / "results.json", ("methods", "teacher"))
     if results is not None:
@@ -625,7 +625,7 @@ def run_stages(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) ->
     results = {"dataset": config.dataset, "source": config.data.source,
                "target": config.data.target,
                "seeds": [config.seed + k for k in range(config.num_seeds)],
-               "data": {**sources.data_sizes(dataset, config.data.source, config.data.target),
+               "data": {**datasets.data_sizes(dataset, config.data.source, config.data.target),
                         "labels_per_class": config.downstream.labels_per_class,
                         "labelled_target": len(few)},
                "teacher": teacher}
@@ -657,7 +657,7 @@ def teacher_metrics(workdir: pathlib.Path, results: dict) -> dict[str, pathlib.P
     return {"pretrain (shared teacher)": metrics}
 
 
-def draw_figures(config, workdir: pathlib.Path, dataset: sources.Dataset,
+def draw_figures(config, workdir: pathlib.Path, dataset: datasets.Dataset,
                  results: dict) -> None:
     """Loss curves, sample pairs, the comparison bars and the gap sweep, in workdir/figures."""
     figures = workdir / "figures"

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from cmcd_jax import defaults, experiment
-from cmcd_jax.data import sources
+from cmcd_jax.data import datasets, sources
 from conftest import tree_digest
 
 # --- gap_levels / check_config -------------------------------------------------------------
@@ -91,10 +91,10 @@ def test_load_dataset_and_modality_errors_name_the_key():
         sources.load_dataset(config(dataset="paired_folder"))
     with pytest.raises(ValueError, match="config.data.source and config.data.target are both "
                                          "'image'"):
-        sources.check_modalities("toy", ("image", "sketch"), "image", "image")
+        datasets.check_modalities("toy", ("image", "sketch"), "image", "image")
     with pytest.raises(ValueError, match=re.escape("config.data.target='audio'; valid: image, "
                                                    "sketch (toy)")):
-        sources.check_modalities("toy", ("image", "sketch"), "image", "audio")
+        datasets.check_modalities("toy", ("image", "sketch"), "image", "audio")
 
 
 def test_with_seed_copies():
@@ -519,16 +519,16 @@ def test_corrupted_gives_the_same_record_on_every_read():
     other = sources.Corrupted(records, "sketch", 0.5, seed=4)
     assert not np.array_equal(other[0]["sketch"], corrupted[0]["sketch"])
     # over a Records view
-    view = sources.Corrupted(sources.Records(records, [3, 1]), "sketch", 0.5, seed=3)
+    view = sources.Corrupted(datasets.Records(records, [3, 1]), "sketch", 0.5, seed=3)
     assert len(view) == 2 and view[0]["label"] == records[3]["label"]
 
 
 def test_with_corrupted_target_corrupts_only_the_target_in_pools_and_pairs():
     train, test = make_records(6, 1), make_records(3, 2)
-    dataset = sources.Dataset("toy", pools={"image": {"train": train, "test": test},
-                                            "sketch": {"train": train, "test": test}},
-                              pairs={"train": train, "test": test}, num_classes=2,
-                              has_mask=False, audio_sample_rate=123.0)
+    dataset = datasets.Dataset("toy", pools={"image": {"train": train, "test": test},
+                                             "sketch": {"train": train, "test": test}},
+                               pairs={"train": train, "test": test}, num_classes=2,
+                               has_mask=False, audio_sample_rate=123.0)
     assert sources.with_corrupted_target(dataset, "sketch", 0.0, seed=1) is dataset
     out = sources.with_corrupted_target(dataset, "sketch", 0.5, seed=1)
     assert dataclasses.replace(out, pools=dataset.pools, pairs=dataset.pairs) == dataset
@@ -552,9 +552,9 @@ def test_with_corrupted_target_corrupts_only_the_target_in_pools_and_pairs():
 
 def test_with_corrupted_target_under_label_pairing():
     train, test = make_records(4, 3), make_records(2, 4)
-    dataset = sources.Dataset("toy", pools={"image": {"train": train, "test": test},
-                                            "sketch": {"train": train, "test": test}},
-                              pairs={}, pairing="label", num_classes=2)
+    dataset = datasets.Dataset("toy", pools={"image": {"train": train, "test": test},
+                                             "sketch": {"train": train, "test": test}},
+                               pairs={}, pairing="label", num_classes=2)
     out = sources.with_corrupted_target(dataset, "sketch", 1.0, seed=0)
     assert out.pairs == {} and out.pairing == "label"
     np.testing.assert_array_equal(out.pools["sketch"]["train"][0]["sketch"], 0)  # all erased

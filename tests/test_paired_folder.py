@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import signal
 
 from cmcd_jax import defaults, experiment
-from cmcd_jax.data import paired_folder
+from cmcd_jax.data import paired_folder, readers
 from folder_fixture import CLASS_NAMES, make_paired_folder, write_wav
 
 
@@ -407,7 +407,7 @@ def test_read_wav_decodes_every_pcm_width_and_averages_channels(tmp_path, width)
     else:
         data = b"".join(int(v).to_bytes(width, "little", signed=True) for v in ints)
     _write_pcm(tmp_path / "a.wav", data, width, channels=2)
-    samples, rate = paired_folder.read_wav(tmp_path / "a.wav")
+    samples, rate = readers.read_wav(tmp_path / "a.wav")
     assert rate == 8000
     np.testing.assert_allclose(samples, 0.25 * left, atol=1.0 / full)
 

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core.download.download_manager import NonMatchingChecksumError
 
-from cmcd_jax.data import paired_folder, recipes, sketchy, spoken_digit
+from cmcd_jax.data import readers, recipes, sketchy, spoken_digit
 
 FSDD_ROOT = "free-spoken-digit-dataset-1.0.9"
 # name -> number of samples: shorter and longer than the 1 s clip; indices 0-4 are test.
@@ -97,7 +97,7 @@ def test_read_wav_scales_8_bit_and_averages_channels():
         f.setsampwidth(1)
         f.setframerate(8000)
         f.writeframes(bytes([0, 255, 128, 192]))
-    samples, rate = paired_folder.read_wav(io.BytesIO(buf.getvalue()))
+    samples, rate = readers.read_wav(io.BytesIO(buf.getvalue()))
     np.testing.assert_allclose(samples, [(-128 + 127) / 256, 64 / 256])
     assert rate == 8000
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cmcd_jax import defaults
-from cmcd_jax.data import render, shapes, sources
+from cmcd_jax.data import datasets, render, shapes
 from cmcd_jax.stages import common, pretrain
 from conftest import run_main
 
@@ -40,14 +40,14 @@ def test_a_local_build_says_what_it_builds_and_how_long_not_downloading(tmp_path
 
 
 def test_unpaired_pool_is_disjoint_from_pairs_and_test(regime):
-    unpaired = regime.pools["image"][sources.UNPAIRED]
+    unpaired = regime.pools["image"][datasets.UNPAIRED]
     assert len(unpaired) == POOL and set(unpaired[0]) == {"image", "label"}
     pool, train, test = (image_set(unpaired), image_set(regime.pairs["train"]),
                          image_set(regime.pairs["test"]))
     assert len(pool) == POOL  # No repeats inside the pool either.
     assert not pool & train and not pool & test and not train & test
     # The pool holds scenes 0 .. POOL-1 of their own random stream (in TFDS's order).
-    assert pool == {render.render_scene(render.scene_rng(0, sources.UNPAIRED, i), 32)[
+    assert pool == {render.render_scene(render.scene_rng(0, datasets.UNPAIRED, i), 32)[
         "image"].tobytes() for i in range(POOL)}
 
 
@@ -61,14 +61,14 @@ def test_num_pairs_keeps_the_first_m_records_everywhere(regime, tiny_sources):
 
 
 def test_step1_reads_pool_and_paired_sources_never_the_target_pool(regime):
-    records = sources.unlabelled_records(regime, "image")
+    records = datasets.unlabelled_records(regime, "image")
     assert len(records) == 200 + POOL
     np.testing.assert_array_equal(records[200]["image"],
-                                  regime.pools["image"][sources.UNPAIRED][0]["image"])
+                                  regime.pools["image"][datasets.UNPAIRED][0]["image"])
     with pytest.raises(IndexError):
         records[200 + POOL]
-    assert len(sources.unlabelled_records(regime, "sketch")) == 200  # ssl_target: its m.
-    assert sources.data_sizes(regime, "image", "sketch") == {
+    assert len(datasets.unlabelled_records(regime, "sketch")) == 200  # ssl_target: its m.
+    assert datasets.data_sizes(regime, "image", "sketch") == {
         "step1_source": 200 + POOL, "unpaired_source": POOL, "pairs": 200, "target_train": 200}
 
 

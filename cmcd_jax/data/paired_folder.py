@@ -8,7 +8,7 @@ folder that stays inside it once resolved, symlinks included (empty when the sam
 that modality), its label (a class name or a non-negative integer id;
 empty when unlabelled) and its mask.
 
-Files become raw record fields as `cmcd_jax.data.sources` describes them:
+Files become raw record fields as `cmcd_jax.data.datasets` describes them:
 
     image   .png .jpg .jpeg  -> uint8 (H, W, 3); grayscale replicated to 3 channels
     sketch  .png .jpg .jpeg  -> uint8 (H, W); colour converted to luminance
@@ -56,15 +56,14 @@ import pathlib
 import re
 import wave
 from collections.abc import Callable, Mapping
-from typing import IO, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-from scipy import signal
 
 from cmcd_jax import log
-from cmcd_jax.data import sources, spatial
+from cmcd_jax.data import datasets, readers, spatial
 
 MANIFEST = "manifest.csv"
 FORMAT = 2  # Bump whenever files are read differently: every cached build is redone.
@@ -280,8 +279,8 @@ def read_manifest(directory: str | os.PathLike) -> Manifest:
 def check_request(manifest: Manifest, source: str, target: str, pairing: str) -> None:
     """Checks that every split can serve `source` -> `target` under `pairing`."""
     path = manifest.path
-    if pairing not in sources.PAIRINGS:
-        raise ValueError(f"pairing={pairing!r}; valid: {', '.join(sources.PAIRINGS)}")
+    if pairing not in datasets.PAIRINGS:
+        raise ValueError(f"pairing={pairing!r}; valid: {', '.join(datasets.PAIRINGS)}")
     for role, name in (("source", source), ("target", target)):
         if name not in manifest.modalities:
             raise manifest_error(path, 1, None,
@@ -323,45 +322,6 @@ def cache_key(manifest: Manifest, conversion: Conversion) -> str:
             digest.update(f"{relative} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     folder = re.sub(r"[^a-z0-9]+", "_", manifest.path.parent.name.lower()).strip("_")
     return f"{folder[:40] or 'folder'}_{digest.hexdigest()[:16]}"
-
-
-def _pcm(data: bytes, width: int) -> np.ndarray:
-    """Little-endian PCM samples of `width` bytes -> float64 in [-1, 1)."""
-    if width == 1:
-        return (np.frombuffer(data, np.uint8) - 128.0) / 128.0
-    if width == 3:
-        padded = np.zeros((len(data) // 3, 4), np.uint8)
-        padded[:, 1:] = np.frombuffer(data, np.uint8).reshape(-1, 3)
-        return (padded.view("<i4")[:, 0] >> 8) / 2.0 ** 23
-    if width in (2, 4):
-        return np.frombuffer(data, f"<i{width}") / 2.0 ** (8 * width - 1)
-    raise ValueError(f"unsupported sample width: {8 * width} bits")
-
-
-def read_wav(file: str | os.PathLike | IO[bytes]) -> tuple[np.ndarray, int]:
-    """A PCM .wav file (path or binary file object) as mono float64 samples in [-1, 1]
-    (channels averaged) and its rate."""
-    with wave.open(file if hasattr(file, "read") else os.fspath(file), "rb") as f:
-        width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-        data = f.readframes(f.getnframes())
-    samples = _pcm(data, width).reshape(-1, channels).mean(axis=1)
-    if not samples.size:
-        raise ValueError("the clip has no samples")
-    return samples, rate
-
-
-def wav_rate(file: pathlib.Path) -> int:
-    """The sample rate of a .wav file (its header only is read)."""
-    with wave.open(os.fspath(file), "rb") as f:
-        return f.getframerate()
-
-
-def resample(samples: np.ndarray, rate: int, new_rate: int) -> np.ndarray:
-    """`samples` at `rate` -> float32 at `new_rate` (polyphase filter), clipped to [-1, 1]."""
-    if rate != new_rate:
-        g = math.gcd(rate, new_rate)
-        samples = signal.resample_poly(samples, new_rate // g, rate // g)
-    return np.clip(samples, -1.0, 1.0).astype(np.float32)
 
 
 def fit_clip(samples: np.ndarray, length: int) -> np.ndarray:
@@ -427,8 +387,8 @@ def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.nda
     """One file as the raw record field of `column` (see the module docstring), unpadded."""
     extension = file.suffix.lower()
     if extension == ".wav":
-        return fit_clip(resample(*read_wav(file), conversion.audio_sample_rate),
-                        conversion.clip_length)
+        samples = readers.resample(*readers.read_wav(file), conversion.audio_sample_rate)
+        return fit_clip(samples, conversion.clip_length)
     if extension == ".npy":
         array = _array(column, np.load(file, allow_pickle=False))
     else:
@@ -549,7 +509,7 @@ def with_audio_rate(manifest: Manifest, conversion: Conversion) -> Conversion:
     it has none), said in a note when their rates differ; clips must last a sample."""
     rate = conversion.audio_sample_rate
     if not rate:
-        rates = sorted({_checked(manifest, row, column, relative, wav_rate)
+        rates = sorted({_checked(manifest, row, column, relative, readers.wav_rate)
                         for row in manifest.rows for column, relative in row.files.items()
                         if relative.lower().endswith(".wav")})
         rate = max(rates, default=0)
@@ -577,9 +537,9 @@ def folder_builder(manifest: Manifest, conversion: Conversion,
         return builder
     config = dataclasses.replace(config, specs=infer_specs(manifest, conversion))
     builder = PairedFolder(config=config, data_dir=data_dir, file_format="array_record")
-    sources.build_once(builder, f"the paired folder {manifest.path.parent} "
-                                f"({len(manifest.rows)} manifest rows) as TFDS "
-                                f"paired_folder/{config.name}")
+    datasets.build_once(builder, f"the paired folder {manifest.path.parent} "
+                                 f"({len(manifest.rows)} manifest rows) as TFDS "
+                                 f"paired_folder/{config.name}")
     return builder
 
 
@@ -592,8 +552,8 @@ def load_paired_folder(directory: str | os.PathLike, *,
                        data_dir: str | os.PathLike | None = None,
                        source: str, target: str, pairing: str = "instance",
                        resolution: int = 0, audio_sample_rate: int = 0,
-                       audio_seconds: float = 0.0) -> sources.Dataset:
-    """The folder as a `sources.Dataset` of its source and target pools, converted as
+                       audio_seconds: float = 0.0) -> datasets.Dataset:
+    """The folder as a `Dataset` of its source and target pools, converted as
     `Conversion` says (by default: images and maps as stored, clips at the files' rate and
     padded to the longest); the TFDS build is made on first use and reused while the folder
     and the settings are unchanged."""
@@ -604,11 +564,24 @@ def load_paired_folder(directory: str | os.PathLike, *,
     rate = builder.builder_config.conversion.audio_sample_rate
     data = builder.as_data_source()
     rows = {split: manifest.split_rows(split) for split in manifest.splits}
-    pools = {m: {s: sources.Records(data[s], _indices(rows[s], (m,))) for s in rows}
+    pools = {m: {s: datasets.Records(data[s], _indices(rows[s], (m,))) for s in rows}
              for m in (source, target)}
     pairs = ({} if pairing == "label" else
-             {s: sources.Records(data[s], _indices(rows[s], (source, target))) for s in rows})
-    return sources.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
+             {s: datasets.Records(data[s], _indices(rows[s], (source, target))) for s in rows})
+    return datasets.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
                            audio_sample_rate=rate)
+
+
+def from_config(config) -> datasets.Dataset:
+    """`load_paired_folder` of `config.data.dir` as `config.data` sets it (the
+    `sources.LOADERS` entry)."""
+    data = config.data
+    if not data.dir:
+        raise ValueError("config.data.dir is empty; paired_folder needs the directory "
+                         "holding manifest.csv")
+    return load_paired_folder(
+        data.dir, data_dir=data.data_dir or None, source=data.source, target=data.target,
+        pairing=data.pairing, resolution=data.resolution,
+        audio_sample_rate=data.audio_sample_rate, audio_seconds=data.audio_seconds)

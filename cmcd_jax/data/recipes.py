@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from cmcd_jax.data import sketchy, sources, spatial, spoken_digit
+from cmcd_jax.data import datasets, sketchy, spatial, spoken_digit
 
 Converter = Callable[[np.ndarray, int], np.ndarray]
 TRAIN_TEST = {"train": "train", "test": "test"}
@@ -127,12 +127,12 @@ def tfds_splits(name: str, splits: Mapping[str, str], data_dir: str | None) -> d
 
 
 def load_spoken_digit_mnist(data_dir: str | None, resolution: int, source: str,
-                            target: str) -> sources.Dataset:
+                            target: str) -> datasets.Dataset:
     """MNIST digits (image) and spoken digits (audio, 1 s at 8 kHz), paired by label."""
     check_modalities("spoken_digit_mnist", ("image", "audio"), source, target)
     images = tfds_splits("mnist", TRAIN_TEST, data_dir)
     audio = spoken_digit.load_sources(data_dir)
-    return sources.Dataset(
+    return datasets.Dataset(
         "spoken_digit_mnist",
         pools={"image": converted(images, {"image": ("image", grey_image)}, resolution),
                "audio": converted(audio, {"audio": ("audio", waveform)}, resolution)},
@@ -141,24 +141,24 @@ def load_spoken_digit_mnist(data_dir: str | None, resolution: int, source: str,
 
 
 def load_nyu_depth_v2(data_dir: str | None, resolution: int, source: str,
-                      target: str) -> sources.Dataset:
+                      target: str) -> datasets.Dataset:
     """NYU Depth V2 RGB-D frames (image, depth in metres), paired by instance, no labels."""
     check_modalities("nyu_depth_v2", ("image", "depth"), source, target)
     frames = tfds_splits("nyu_depth_v2", {"train": "train", "test": "validation"}, data_dir)
     fields = {"image": ("image", rgb_image), "depth": ("depth", depth_map)}
-    return sources.Dataset(
+    return datasets.Dataset(
         "nyu_depth_v2",
         pools={m: converted(frames, {m: fields[m]}, resolution) for m in fields},
         pairs=converted(frames, fields, resolution), pairing="instance", num_classes=0)
 
 
 def load_domainnet(data_dir: str | None, resolution: int, source: str,
-                   target: str) -> sources.Dataset:
+                   target: str) -> datasets.Dataset:
     """DomainNet's real photos (image) and sketches (sketch) of 345 classes, paired by label."""
     check_modalities("domainnet", ("image", "sketch"), source, target)
     real = tfds_splits("domainnet/real", TRAIN_TEST, data_dir)
     drawn = tfds_splits("domainnet/sketch", TRAIN_TEST, data_dir)
-    return sources.Dataset(
+    return datasets.Dataset(
         "domainnet",
         pools={"image": converted(real, {"image": ("image", rgb_image)}, resolution),
                "sketch": converted(drawn, {"sketch": ("image", sketch_map)}, resolution)},
@@ -166,7 +166,7 @@ def load_domainnet(data_dir: str | None, resolution: int, source: str,
 
 
 def load_sketchy(data_dir: str | None, resolution: int, source: str,
-                 target: str) -> sources.Dataset:
+                 target: str) -> datasets.Dataset:
     """Sketchy photos (image) and the sketches drawn from them (sketch), paired by instance.
 
     The sketch pool and training pairs hold every sketch; the image pool and test pairs hold
@@ -177,7 +177,7 @@ def load_sketchy(data_dir: str | None, resolution: int, source: str,
     fields = {"image": ("image", rgb_image), "sketch": ("sketch", sketch_map)}
     photos = {"train": splits["train_photos"], "test": splits["test_photos"]}
     sketches = {"train": splits["train"], "test": splits["test"]}
-    return sources.Dataset(
+    return datasets.Dataset(
         "sketchy",
         pools={"image": converted(photos, {"image": fields["image"]}, resolution),
                "sketch": converted(sketches, {"sketch": fields["sketch"]}, resolution)},
@@ -186,9 +186,17 @@ def load_sketchy(data_dir: str | None, resolution: int, source: str,
         pairing="instance", num_classes=len(sketchy.CLASS_NAMES))
 
 
-RECIPES: dict[str, Callable[..., sources.Dataset]] = {
+RECIPES: dict[str, Callable[..., datasets.Dataset]] = {
     "spoken_digit_mnist": load_spoken_digit_mnist,
     "nyu_depth_v2": load_nyu_depth_v2,
     "domainnet": load_domainnet,
     "sketchy": load_sketchy,
 }
+
+
+def from_config(config) -> datasets.Dataset:
+    """The recipe `config.dataset` names, as `config.data` sets it (the `sources.LOADERS`
+    entry of every recipe)."""
+    data = config.data
+    return RECIPES[config.dataset](data.data_dir or None, data.resolution, data.source,
+                                   data.target)

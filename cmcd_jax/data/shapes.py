@@ -17,7 +17,7 @@ import multiprocessing
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cmcd_jax.data import render, sources
+from cmcd_jax.data import datasets, render
 
 MODALITIES = ("image", "depth", "sketch", "audio")
 _RENDER_WORKERS = 2  # Rendering is pure numpy: one process per core of the 2-core default.
@@ -117,11 +117,11 @@ class CmcdShapesSource(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {sources.UNPAIRED: self._generate_examples(self.builder_config.num_unpaired)}
+        return {datasets.UNPAIRED: self._generate_examples(self.builder_config.num_unpaired)}
 
     def _generate_examples(self, num_examples: int):
         cfg = self.builder_config
-        yield from rendered(cfg.seed, sources.UNPAIRED, num_examples, cfg.resolution,
+        yield from rendered(cfg.seed, datasets.UNPAIRED, num_examples, cfg.resolution,
                             ("image", "label"))
 
 
@@ -130,9 +130,9 @@ def load_shapes(config_name: str = "32", data_dir: str | None = None) -> dict:
     builder = CmcdShapes(config=config_name, data_dir=data_dir or None,
                          file_format="array_record")
     cfg = builder.builder_config
-    sources.build_once(builder, f"cmcd_shapes/{config_name} {CmcdShapes.VERSION}: "
-                                f"{cfg.num_train} train + {cfg.num_test} test scenes rendered "
-                                f"here")
+    datasets.build_once(builder, f"cmcd_shapes/{config_name} {CmcdShapes.VERSION}: "
+                                 f"{cfg.num_train} train + {cfg.num_test} test scenes rendered "
+                                 f"here")
     return builder.as_data_source()
 
 
@@ -145,14 +145,14 @@ def load_source_pool(config_name: str, num_unpaired: int, data_dir: str | None =
                               seed=paired.seed)
     builder = CmcdShapesSource(config=config, data_dir=data_dir or None,
                                file_format="array_record")
-    sources.build_once(builder, f"cmcd_shapes_source/{config.name} {CmcdShapesSource.VERSION}: "
-                                f"{num_unpaired} unpaired source images")
-    return builder.as_data_source()[sources.UNPAIRED]
+    datasets.build_once(builder, f"cmcd_shapes_source/{config.name} {CmcdShapesSource.VERSION}: "
+                                 f"{num_unpaired} unpaired source images")
+    return builder.as_data_source()[datasets.UNPAIRED]
 
 
 def load_dataset(config_name: str = "32", data_dir: str | None = None,
-                 num_unpaired: int = 0, num_pairs: int = 0) -> sources.Dataset:
-    """`load_shapes` as a `sources.Dataset`: every record pairs all modalities; only the
+                 num_unpaired: int = 0, num_pairs: int = 0) -> datasets.Dataset:
+    """`load_shapes` as a `Dataset`: every record pairs all modalities; only the
     first `num_pairs` train records when > 0 (m: the paired set, and all the target data a
     method sees); with `num_unpaired` > 0, the image pool also holds that many unpaired
     images (split `unpaired`), which step 1 trains on with the paired images."""
@@ -162,15 +162,24 @@ def load_dataset(config_name: str = "32", data_dir: str | None = None,
         if num_pairs > available:
             raise ValueError(f"config.data.num_pairs={num_pairs}: cmcd_shapes/{config_name} "
                              f"has {available} train records")
-        splits = {**splits, "train": sources.Records(splits["train"], np.arange(num_pairs))}
-    dataset = sources.instance_paired(
+        splits = {**splits, "train": datasets.Records(splits["train"], np.arange(num_pairs))}
+    dataset = datasets.instance_paired(
         "cmcd_shapes", splits, MODALITIES, num_classes=len(render.CLASS_NAMES), has_mask=True,
         audio_sample_rate=render.AUDIO_SAMPLE_RATE,
         version=f"cmcd_shapes/{config_name}:{CmcdShapes.VERSION}")
     if num_unpaired <= 0:
         return dataset
     pool = load_source_pool(config_name, num_unpaired, data_dir)
-    pools = {**dataset.pools, "image": {**dataset.pools["image"], sources.UNPAIRED: pool}}
+    pools = {**dataset.pools, "image": {**dataset.pools["image"], datasets.UNPAIRED: pool}}
     return dataclasses.replace(
         dataset, pools=pools, version=f"{dataset.version}+cmcd_shapes_source/"
                                       f"{config_name}-{num_unpaired}:{CmcdShapesSource.VERSION}")
+
+
+def from_config(config) -> datasets.Dataset:
+    """`load_dataset` as `config.data` sets it (the `sources.LOADERS` entry), its source and
+    target checked to be modalities of cmcd_shapes before anything is built."""
+    data = config.data
+    datasets.check_modalities("cmcd_shapes", MODALITIES, data.source, data.target)
+    return load_dataset(data.config_name, data.data_dir or None,
+                        num_unpaired=data.source_pool, num_pairs=data.num_pairs)

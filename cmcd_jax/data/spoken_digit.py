@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cmcd_jax.data import paired_folder
+from cmcd_jax.data import readers
 
 ARCHIVE_URL = "https://github.com/Jakobovski/free-spoken-digit-dataset/archive/v1.0.9.tar.gz"
 # Size and SHA-256 of the archive, as TFDS registers them for its own `spoken_digit`.
@@ -85,7 +85,7 @@ class CmcdSpokenDigit(tfds.core.GeneratorBasedBuilder):
                 match = WAV_NAME.search(member.name)
                 if not member.isfile() or not match or is_test(int(match[3])) != test:
                     continue
-                samples, rate = paired_folder.read_wav(tar.extractfile(member))
+                samples, rate = readers.read_wav(tar.extractfile(member))
                 if rate != SAMPLE_RATE:
                     raise ValueError(f"{member.name}: {rate} Hz; expected {SAMPLE_RATE}")
                 name = member.name.rsplit("/", 1)[-1]

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from cmcd_jax import checkpoints, log, losses, parallel
-from cmcd_jax.data import pipeline, sources
+from cmcd_jax.data import datasets, pipeline
 from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
 
@@ -122,7 +122,7 @@ def teacher_table(teacher, teacher_variables: dict, records, source: str,
     return out.reshape(len(records), 2, -1).astype(np.float32)
 
 
-def distill_batches(config, dataset: sources.Dataset, mesh, table: np.ndarray | None = None):
+def distill_batches(config, dataset: datasets.Dataset, mesh, table: np.ndarray | None = None):
     """Training pairs (source, target): by instance, or by label under label pairing; with a
     teacher `table`, the source replaced by its cached teacher output."""
     cfg, source, target = config.distill, config.data.source, config.data.target
@@ -141,7 +141,7 @@ def distill_batches(config, dataset: sources.Dataset, mesh, table: np.ndarray | 
         min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
 
 
-def run(config, method: str, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
         teacher_dir: pathlib.Path) -> pathlib.Path:
     """Distils into the target encoder with `method` unless its export exists."""
     cfg, modality = config.distill, config.data.target

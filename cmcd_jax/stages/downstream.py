@@ -27,14 +27,14 @@ import optax
 
 from cmcd_jax import analysis, log
 from cmcd_jax.analysis import plots
-from cmcd_jax.data import pipeline, sources
+from cmcd_jax.data import datasets, pipeline
 from cmcd_jax.stages import common, segmentation
 
 PROBE_MODES = ("linear", "finetune")
 DISTANCE_KEYS = ("tv_lower", "tv_lower_ci", "mmd", "mmd_p_value")
 
 
-def labelled(config, dataset: sources.Dataset, modality: str, extra: tuple = ()) -> dict | None:
+def labelled(config, dataset: datasets.Dataset, modality: str, extra: tuple = ()) -> dict | None:
     """Few labelled train records of `modality` and every labelled test record, as arrays
     ({'few_indices', 'train', 'test'}); None for a dataset without labels."""
     if not dataset.num_classes:
@@ -51,7 +51,7 @@ def labelled(config, dataset: sources.Dataset, modality: str, extra: tuple = ())
                                          np.flatnonzero(test_labels >= 0))}
 
 
-def load_eval_data(config, dataset: sources.Dataset) -> dict:
+def load_eval_data(config, dataset: datasets.Dataset) -> dict:
     """Labelled target and source records, and every test pair (instance pairing)."""
     source, target = config.data.source, config.data.target
     pairs = dataset.pairs.get("test")
@@ -117,7 +117,7 @@ def probe(config, model, variables, data: dict | None, modality: str) -> float |
 
 
 def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: pathlib.Path,
-                     dataset: sources.Dataset, data: dict, mesh) -> dict:
+                     dataset: datasets.Dataset, data: dict, mesh) -> dict:
     """`probe_top1` (in `config.downstream.mode`) and `seg_miou` of an exported encoder."""
     model, variables, meta = common.restore_model(encoder_dir, mesh)
     if config.downstream.mode == "finetune":
@@ -218,7 +218,7 @@ def fitted_to_labels(stage_cfg, num_labelled: int, mesh, key: str):
     return ml_collections.ConfigDict({**stage_cfg.to_dict(), "batch_size": fitted})
 
 
-def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Dataset,
+def run_supervised(config, name: str, workdir: pathlib.Path, dataset: datasets.Dataset,
                    data: dict, mesh, init_encoder: pathlib.Path | None = None) -> tuple:
     """(test accuracy, export) of the target encoder and a linear head trained on the few
     labels: from scratch (`target_only`, `config.target_only`) or from an export
@@ -247,7 +247,7 @@ def run_supervised(config, name: str, workdir: pathlib.Path, dataset: sources.Da
     return float(np.mean(logits.argmax(-1) == test["label"])), export_dir
 
 
-def evaluate_random_init(config, dataset: sources.Dataset, data: dict) -> dict:
+def evaluate_random_init(config, dataset: datasets.Dataset, data: dict) -> dict:
     """Sanity reference: the probe (and segmentation) on a randomly initialised encoder."""
     if data["target"] is None:
         return {"probe_top1": None, "seg_miou": None}

@@ -12,7 +12,7 @@ import ml_collections
 import optax
 
 from cmcd_jax import checkpoints, log, losses, parallel
-from cmcd_jax.data import pipeline, sources
+from cmcd_jax.data import datasets, pipeline
 from cmcd_jax.stages import common
 
 
@@ -33,7 +33,7 @@ def make_pretrain_step(model, tx: optax.GradientTransformation, loss_fn):
     return pretrain_step
 
 
-def run(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
+def run(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
         modality: str | None = None, name: str = "pretrain") -> pathlib.Path:
     """SimCLR on `modality` (default: the source) unless `workdir/name`'s export exists;
     returns the export directory. The `ssl_target` baseline runs it on the target."""
@@ -41,12 +41,12 @@ def run(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh,
                          name)
 
 
-def train_encoder(config, stage_dir: pathlib.Path, dataset: sources.Dataset, mesh,
+def train_encoder(config, stage_dir: pathlib.Path, dataset: datasets.Dataset, mesh,
                   modality: str, name: str) -> pathlib.Path:
-    """SimCLR on every unlabelled train record of `modality` (`sources.unlabelled_records`)
+    """SimCLR on every unlabelled train record of `modality` (`datasets.unlabelled_records`)
     in `stage_dir`, unless its export exists; returns the export directory."""
     cfg = config.pretrain
-    records = sources.unlabelled_records(dataset, modality)
+    records = datasets.unlabelled_records(dataset, modality)
     head = {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
             "out_dim": config.model.proj_dim}
     batches = pipeline.two_view_batches(
@@ -75,7 +75,7 @@ def teacher_settings(config) -> dict:
     return {"data": data, "pretrain": step1, "model": model, "seed": config.seed}
 
 
-def teacher_key(config, dataset: sources.Dataset) -> str:
+def teacher_key(config, dataset: datasets.Dataset) -> str:
     """What fixes the step-1 teacher: the dataset's version and `teacher_settings`."""
     what = {"dataset": dataset.version, **teacher_settings(config)}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -95,7 +95,7 @@ def same_teacher(old: dict, config) -> bool:
     return json.dumps(what[0], sort_keys=True) == json.dumps(what[1], sort_keys=True)
 
 
-def teacher_stage_dir(config, workdir: pathlib.Path, dataset: sources.Dataset) -> pathlib.Path:
+def teacher_stage_dir(config, workdir: pathlib.Path, dataset: datasets.Dataset) -> pathlib.Path:
     """Where step 1 trains the teacher: shared, in the TFDS data dir's `cmcd_jax_teachers/<key>`
     (`pretrain.reuse_teacher` on a dataset with a version, such as cmcd_shapes), so every run
     on the same data and step-1 config reuses it; else `workdir/pretrain`."""
@@ -106,7 +106,7 @@ def teacher_stage_dir(config, workdir: pathlib.Path, dataset: sources.Dataset) -
     return data_dir / TEACHER_CACHE / teacher_key(config, dataset)
 
 
-def teacher(config, workdir: pathlib.Path, dataset: sources.Dataset, mesh) -> tuple:
+def teacher(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh) -> tuple:
     """(export directory, description) of step 1's teacher: `distill.teacher_export` when
     given, else the shared teacher of this data and step-1 config, trained if missing."""
     if config.distill.teacher_export:

@@ -84,6 +84,13 @@ def test_teacher_key_ignores_the_target_and_its_encoder_and_follows_step1(regime
     other_target.data.target = "audio"
     other_target.model.target_encoder_kwargs.convs_per_stage = 3
     assert pretrain.teacher_key(other_target, regime) == key
+    other_audio = defaults.default_config()
+    other_audio.data.audio_seconds = 2.0
+    assert pretrain.teacher_key(other_audio, regime) == key
+    other_audio.data.source = "audio"
+    audio_key = pretrain.teacher_key(other_audio, regime)
+    other_audio.data.audio_seconds = 1.0
+    assert pretrain.teacher_key(other_audio, regime) != audio_key
     for change in ("pretrain.steps", "data.source_pool", "seed"):
         changed = defaults.default_config()
         section, leaf = change.rsplit(".", 1) if "." in change else (None, change)

@@ -65,11 +65,15 @@ def train_encoder(config, stage_dir: pathlib.Path, dataset: datasets.Dataset, me
 TEACHER_CACHE = "cmcd_jax_teachers"
 
 
+AUDIO_KEYS = {"audio_sample_rate", "audio_seconds"}
+
+
 def teacher_settings(config) -> dict:
     """The config's part that fixes the step-1 teacher: the data's sizes, the source
     modality, the step-1 and model settings and the seed (not the target nor its encoder,
-    not where the data lives)."""
-    data = {k: v for k, v in config.data.to_dict().items() if k not in ("target", "data_dir")}
+    not where the data lives, not the audio settings of a non-audio source)."""
+    ignored = {"target", "data_dir"} | (set() if config.data.source == "audio" else AUDIO_KEYS)
+    data = {k: v for k, v in config.data.to_dict().items() if k not in ignored}
     step1 = {k: v for k, v in config.pretrain.to_dict().items() if k != "reuse_teacher"}
     model = {k: v for k, v in config.model.to_dict().items() if k != "target_encoder_kwargs"}
     return {"data": data, "pretrain": step1, "model": model, "seed": config.seed}

@@ -2,8 +2,8 @@
 
 An export is a directory holding `variables/` (an orbax checkpoint of the encoder-with-head
 variables: params and BatchNorm statistics) and `meta.json` (model name and kwargs, modality,
-step, config hash, and the sha256 of the variables). `meta.json` is written last, so its
-presence marks a complete export; the sha256 tells an intact one from a damaged one.
+step and the sha256 of the variables). `meta.json` is written last, so its presence marks a
+complete export; the sha256 tells an intact one from a damaged one.
 """
 
 from __future__ import annotations

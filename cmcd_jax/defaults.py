@@ -70,6 +70,27 @@ def real_data_config() -> ml_collections.ConfigDict:
     return c
 
 
+def tiny_config() -> ml_collections.ConfigDict:
+    """`default_config` shrunk to a smoke test (seconds a stage on a CPU): `cmcd_shapes/tiny`
+    without a source pool, 10 steps of batch 32 a stage (what the end-to-end tests run)."""
+    c = default_config()
+    c.log_every = 5
+    c.data.update(config_name="tiny", source_pool=0)
+    for stage in (c.pretrain, c.distill, c.target_only, c.finetune):
+        stage.update(steps=10, batch_size=32)  # Warm-up kept: capped at steps - 1 when run.
+    c.downstream.update(probe_steps=50, seg_steps=10)
+    return c
+
+
+def config_variant(path: str, variants: dict, name: str) -> ml_collections.ConfigDict:
+    """`variants[name]()`: the config of `--config=<path>:<name>`; any other name is an
+    error listing the valid ones."""
+    if name not in variants:
+        raise ValueError(f"{path}:{name}: no such variant; valid: "
+                         f"{', '.join(v or repr(v) for v in variants)}")
+    return variants[name]()
+
+
 HELP = {
     "seed": "seed of every stage (initialisation, data order, few-shot picks)",
     "log_every": "steps between progress lines / metrics.jsonl / TensorBoard scalars",

@@ -5,13 +5,14 @@ own paired data").
       --config.data.dir=/path/to/dir --config.data.source=image --config.data.target=audio
     python -m cmcd_jax.main --config=configs/paired_folder.py:real ...   # on an accelerator
 
-Two variants (`--config=configs/paired_folder.py:<variant>`):
+Three variants (`--config=configs/paired_folder.py:<variant>`):
 - `small` (default): the quickstart's budget, a ConvNet of 16/32/64 channels on 32x32 inputs
   and 400 / 800 / 600 steps for steps 1 / 2 / 3: minutes on a CPU, to check that the folder
   loads and the three steps run; too small to learn much from real photos.
 - `real`: `defaults.real_data_config`, the starting point for real data: ResNet-18 on 64x64
   inputs, 20000 steps of batch 256 for steps 1 and 2 (hours on one GPU or TPU), 5000 for
   target_only. Raise the steps with the size of the folder.
+- `tiny`: `defaults.tiny_config`, 10 steps of batch 32 a stage: a smoke test (the tests').
 
 The folder is converted once into a TFDS dataset (array_record) in the TFDS data dir
 (`--config.data.data_dir`), its images and maps cropped and resized to `data.resolution`,
@@ -26,14 +27,12 @@ fewer) and tests on the test split.
 
 from cmcd_jax import defaults
 
-VARIANTS = {"small": defaults.default_config, "real": defaults.real_data_config}
+VARIANTS = {"small": defaults.default_config, "real": defaults.real_data_config,
+            "tiny": defaults.tiny_config}
 
 
 def get_config(variant: str = "small"):
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/paired_folder.py:{variant}: no such variant; valid: "
-                         f"{', '.join(VARIANTS)}")
-    c = VARIANTS[variant]()
+    c = defaults.config_variant("configs/paired_folder.py", VARIANTS, variant)
     c.dataset = "paired_folder"
     c.data.dir = ""  # required: the directory holding manifest.csv
     c.methods = "cmc,cmd,l2,target_only,random_init"

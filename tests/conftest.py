@@ -54,26 +54,21 @@ def tiny_sources(data_dir) -> dict:
 
 
 def main_command(workdir, data_dir, *overrides, devices: int = 1,
-                 config: str = "configs/quickstart.py") -> tuple[list, dict]:
-    """Arguments and environment of `python -m cmcd_jax.main` on the quickstart config
-    shrunk to a smoke test."""
+                 config: str = "configs/quickstart.py:tiny") -> tuple[list, dict]:
+    """Arguments and environment of `python -m cmcd_jax.main` on `config` (by default the
+    quickstart's smoke test, `defaults.tiny_config`) over the session's data dir, training
+    its own teacher."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     args = [sys.executable, "-m", "cmcd_jax.main", f"--config={config}",
-            f"--workdir={workdir}", "--config.data.config_name=tiny",
-            f"--config.data.data_dir={data_dir}", "--config.log_every=5",
-            "--config.data.source_pool=0", "--config.pretrain.reuse_teacher=False",
-            "--config.pretrain.steps=10", "--config.pretrain.batch_size=32",
-            "--config.distill.steps=10", "--config.distill.batch_size=32",
-            "--config.target_only.steps=10", "--config.target_only.batch_size=32",
-            "--config.downstream.probe_steps=50", "--config.downstream.seg_steps=10",
-            *overrides]
+            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+            "--config.pretrain.reuse_teacher=False", *overrides]
     return args, env
 
 
 def run_main(workdir, data_dir, *overrides, devices: int = 1,
-             config: str = "configs/quickstart.py") -> subprocess.CompletedProcess:
+             config: str = "configs/quickstart.py:tiny") -> subprocess.CompletedProcess:
     """Runs the smoke-test command to completion."""
     args, env = main_command(workdir, data_dir, *overrides, devices=devices, config=config)
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,

@@ -27,7 +27,7 @@ def sketch_export(directory: pathlib.Path) -> tuple[pathlib.Path, dict]:
             "out_dim": config.model.proj_dim}
     model = common.build_model(spec, head)
     variables = common.init_variables(model, jax.random.key(3), jnp.zeros((1, 32, 32, 1)))
-    meta = common.export_meta(spec, head, "sketch", (32, 32, 1), 64, 800, config)
+    meta = common.export_meta(spec, head, "sketch", (32, 32, 1), 64, 800)
     return checkpoints.export_encoder(directory, variables, meta), variables
 
 

@@ -145,7 +145,8 @@ def test_paired_folder_variants_and_an_unknown_one(tmp_path, data_dir):
     proc = run_main(tmp_path / "run", data_dir, config="configs/paired_folder.py:huge")
     assert proc.returncode != 0
     assert re.fullmatch(r"cmcd_jax: error: configs/paired_folder.py:\d+: ValueError: "
-                        r"configs/paired_folder.py:huge: no such variant; valid: small, real",
+                        r"configs/paired_folder.py:huge: no such variant; valid: small, real, "
+                        r"tiny",
                         proc.stderr.strip().splitlines()[-1])
 
 

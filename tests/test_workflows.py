@@ -6,7 +6,7 @@ import json
 from conftest import run_main
 from folder_fixture import make_paired_folder
 
-FOLDER_CONFIG = "configs/paired_folder.py"
+FOLDER_CONFIG = "configs/paired_folder.py:tiny"
 SHORT = ("--config.pretrain.steps=6", "--config.distill.steps=6",
          "--config.target_only.steps=6", "--config.downstream.probe_steps=20",
          "--config.log_every=3")

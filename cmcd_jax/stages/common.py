@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import pathlib
@@ -102,16 +101,12 @@ def init_variables(model, rng: jax.Array, example: jax.Array) -> dict:
     return model.init(rng, example, train=False)
 
 
-def config_hash(config) -> str:
-    return hashlib.sha256(config.to_json(sort_keys=True).encode()).hexdigest()[:16]
-
-
 def export_meta(spec: dict, head: dict, modality: str, input_shape, feature_dim: int,
-                step: int, config) -> dict:
+                step: int) -> dict:
     """What a later stage needs to rebuild an exported model and check where it came from."""
     return {"encoder": spec, "head": head, "modality": modality,
             "input_shape": list(input_shape), "feature_dim": int(feature_dim),
-            "step": int(step), "config_hash": config_hash(config)}
+            "step": int(step)}
 
 
 def restore_model(directory, mesh) -> tuple[EncoderWithHead, dict, dict]:
@@ -284,7 +279,7 @@ def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: di
                       *extra_args)
     features, _ = jax.eval_shape(lambda v: model.apply(v, example, train=False), variables)
     meta = export_meta(spec, head, modality, example.shape[1:], features.shape[-1],
-                       stage_cfg.steps, config)
+                       stage_cfg.steps)
     return checkpoints.export_encoder(export_dir, state.variables, meta)
 
 

@@ -1,20 +1,19 @@
 """Step 3 segmentation: a light decoder head on the target encoder's feature maps.
 
-`segment` trains a `SegmentationHead` (see `cmcd_jax.models.decoder`) on few labelled masks,
-either on a frozen encoder (`mode='linear'`, the dense analogue of the linear probe) or
-fine-tuning the encoder with it (`mode='finetune'`), and scores the test set.
+`train_segmenter` trains a `SegmentationHead` (see `cmcd_jax.models.decoder`) on few labelled
+masks, either on a frozen encoder (`mode='linear'`, the dense analogue of the linear probe) or
+fine-tuning the encoder with it (`mode='finetune'`); `predict_masks` and `mean_iou` score it
+on the test set.
 
 Masks are integer class maps ``(N, H, W)`` with values in ``[0, num_classes)``; class 0 is
 background (cmcd_shapes: ``label + 1`` on the main object, 0 elsewhere, so 11 classes).
 
-Metrics, over all pixels of the test set at once (not averaged per image):
-
-* ``seg_pixel_acc``: fraction of pixels whose predicted class is the true one.
-* ``seg_miou``: from the confusion matrix ``C`` summed over the test set, class ``c`` has
-  ``IoU_c = C[c, c] / (sum_j C[c, j] + sum_i C[i, c] - C[c, c])``; the mean runs over every
-  class that occurs in the truth or in the prediction, background included. A class absent
-  from both (union 0) is left out of the mean; a class only predicted, or only true, counts
-  with IoU 0.
+``seg_miou``, over all pixels of the test set at once (not averaged per image): from the
+confusion matrix ``C`` summed over the test set, class ``c`` has
+``IoU_c = C[c, c] / (sum_j C[c, j] + sum_i C[i, c] - C[c, c])``; the mean runs over every
+class that occurs in the truth or in the prediction, background included. A class absent
+from both (union 0) is left out of the mean; a class only predicted, or only true, counts
+with IoU 0.
 """
 
 from __future__ import annotations
@@ -53,10 +52,6 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
 def mean_iou(pred: np.ndarray, true: np.ndarray, num_classes: int) -> float:
     """Mean IoU over the classes present in `pred` or `true` (see the module docstring)."""
     return float(np.nanmean(iou_per_class(confusion_matrix(pred, true, num_classes))))
-
-
-def pixel_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
-    return float(np.mean(np.asarray(pred) == np.asarray(true)))
 
 
 def encoder_variables(variables: dict) -> dict:
@@ -153,18 +148,3 @@ def predict_masks(model: EncoderWithDecoder, variables: dict, inputs: np.ndarray
     apply = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x, train=False), -1))
     return np.concatenate([np.asarray(apply(variables, jnp.asarray(inputs[i:i + batch_size])))
                            for i in range(0, len(inputs), batch_size)]).astype(np.int32)
-
-
-def segment(spec: dict, encoder_vars: dict, train_inputs: np.ndarray, train_masks: np.ndarray,
-            test_inputs: np.ndarray, test_masks: np.ndarray, *, num_classes: int, steps: int,
-            batch_size: int, learning_rate: float, weight_decay: float = 1e-4, seed: int = 0,
-            mode: str = "linear", hidden_dim: int = 64) -> dict:
-    """{'seg_miou', 'seg_pixel_acc'} on the test set of a segmenter trained on the few
-    labelled train masks (see `train_segmenter`)."""
-    model, variables = train_segmenter(
-        spec, encoder_vars, train_inputs, train_masks, num_classes=num_classes, steps=steps,
-        batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-        seed=seed, mode=mode, hidden_dim=hidden_dim)
-    pred = predict_masks(model, variables, test_inputs)
-    return {"seg_miou": mean_iou(pred, test_masks, num_classes),
-            "seg_pixel_acc": pixel_accuracy(pred, test_masks)}

@@ -151,7 +151,9 @@ HELP = {
     "distill.cmd.teacher_temperature": "CMD temperature of the teacher's similarities",
     "distill.cmd.variant": "'cross' (student-teacher similarities) or 'within' "
                            "(student-student vs teacher-teacher)",
-    "distill.socket.statistics_weight": "weight of SOCKET's BatchNorm-statistics term",
+    "distill.socket.statistics_weight": "weight of SOCKET's BatchNorm-statistics term (a "
+                                        "student deeper than the teacher is matched at the "
+                                        "end of each stage)",
     "downstream.mode": "'linear' (frozen encoder) or 'finetune' (encoder + linear head, "
                        "settings in finetune.*)",
     "downstream.labels_per_class": "labelled train records per class for step 3",

@@ -398,17 +398,31 @@ def statistics_pairs(stats: Any) -> list:
     return layers
 
 
+def stage_ends(stats: list) -> list:
+    """The last layer of every run of consecutive layers with the same width: the statistics
+    at the end of each stage of a plain convnet."""
+    return [layer for layer, after in zip(stats, [*stats[1:], None])
+            if after is None or after[0].shape != layer[0].shape]
+
+
 def socket_statistics_loss(student_stats: list, teacher_stats: list) -> jax.Array:
     """SOCKET's statistics term: mean over layers of ``mean_c (mu_s - mu_t)^2 + (sd_s -
     sd_t)^2`` between the target batch's BatchNorm statistics and the teacher's stored ones.
+
+    A student with more convolutions per stage than the teacher (same stage widths) is
+    matched at the end of each stage (:func:`stage_ends`).
 
     Args:
       student_stats: ``[(mean [C_l], var [C_l]), ...]`` of the student's batch.
       teacher_stats: the teacher's running ``(mean, var)`` per layer, same shapes.
     """
     if len(student_stats) != len(teacher_stats):
-        raise ValueError(f"the student has {len(student_stats)} BatchNorm layers, the teacher "
-                         f"{len(teacher_stats)}; SOCKET needs the same architecture")
+        ends = stage_ends(student_stats), stage_ends(teacher_stats)
+        if len(ends[0]) != len(ends[1]):
+            raise ValueError(f"the student has {len(student_stats)} BatchNorm layers in "
+                             f"{len(ends[0])} stages, the teacher {len(teacher_stats)} in "
+                             f"{len(ends[1])}; SOCKET needs as many stages")
+        student_stats, teacher_stats = ends
     terms = []
     for (mu_s, var_s), (mu_t, var_t) in zip(student_stats, teacher_stats):
         if mu_s.shape != mu_t.shape:

@@ -227,11 +227,19 @@ def test_socket_loss_gradient_flows_to_the_student_only():
         assert_close(gv, (sd_s - sd_t) / sd_s / (c * num_layers), rtol=1e-4)
 
 
+def test_socket_loss_matches_a_deeper_student_at_the_end_of_each_stage():
+    rng = np.random.default_rng(6)
+    student, teacher = random_pairs(rng, (4, 4, 8, 8, 16, 16)), random_pairs(rng, (4, 8, 16))
+    got = float(losses.socket_statistics_loss(student, teacher))
+    assert got == pytest.approx(numpy_socket([student[1], student[3], student[5]], teacher),
+                                rel=1e-5)
+
+
 def test_socket_loss_rejects_mismatched_architectures():
     rng = np.random.default_rng(5)
-    with pytest.raises(ValueError, match="the student has 2 BatchNorm layers, the teacher 3; "
-                                         "SOCKET needs the same architecture"):
-        losses.socket_statistics_loss(random_pairs(rng, (4, 8)), random_pairs(rng, (4, 8, 8)))
+    with pytest.raises(ValueError, match="the student has 2 BatchNorm layers in 2 stages, the "
+                                         "teacher 3 in 3; SOCKET needs as many stages"):
+        losses.socket_statistics_loss(random_pairs(rng, (4, 8)), random_pairs(rng, (4, 8, 16)))
     with pytest.raises(ValueError, match=r"BatchNorm statistics of shape \(8,\) \(student\) "
                                          r"and \(16,\) \(teacher\) differ"):
         losses.socket_statistics_loss(random_pairs(rng, (4, 8)), random_pairs(rng, (4, 16)))
@@ -311,6 +319,30 @@ def test_socket_term_trains_the_encoder_only(socket_setup):
         "['encoder']['BatchNorm_1']['scale']": False,
         "['encoder']['Conv_0']['kernel']": True, "['encoder']['Conv_1']['kernel']": True,
         "['head']['Dense_0']['bias']": False, "['head']['Dense_0']['kernel']": False}
+
+
+def test_socket_step_with_a_deeper_student_matches_the_stage_ends(socket_setup):
+    """The defaults' setting: the target encoder has two convs per stage, the teacher one."""
+    s = socket_setup
+    deep = {"name": "convnet", "kwargs": {**SPEC["kwargs"], "convs_per_stage": 2}}
+    student = common.build_model(deep, {"kind": "linear", "num_classes": 8})
+    variables = random_variables(student, s["batch"]["target"][:1], 13)
+    tx = optax.sgd(0.0)
+    state = common.TrainState.create(variables, tx)
+    config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0}})
+    loss_fn, _ = distill.method_loss("socket", config, parallel.make_mesh(1))
+    loss = {w: float(jax.jit(distill.make_distill_step(
+        student, s["teacher"], tx, loss_fn, False, "source", "target",
+        statistics_weight=w))(state, s["t_vars"], s["batch"])[1]["loss"]) for w in (0.0, 1.0)}
+    _, inputs = bn_inputs(lambda: student.apply(variables, s["batch"]["target"], train=True,
+                                                mutable=["batch_stats"]))
+    moments = batch_moments({k.split("/")[-1]: v for k, v in inputs.items()
+                             if k.startswith("encoder/")})
+    teacher_running = [(np.asarray(n["mean"]), np.asarray(n["var"])) for _, n in
+                       sorted(s["t_vars"]["batch_stats"]["encoder"].items())]
+    assert len(moments) == 4 and len(teacher_running) == 2
+    term = numpy_socket([moments[1], moments[3]], teacher_running)
+    assert loss[1.0] - loss[0.0] == pytest.approx(term, rel=1e-4, abs=1e-5)
 
 
 def test_socket_with_a_batch_norm_free_encoder_is_a_clear_error():

@@ -78,6 +78,21 @@ def check_positive(config) -> None:
                              f"{'> 0' if isinstance(value, int) else 'finite and > 0'}")
 
 
+REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_local_paths(config, workdir) -> None:
+    """Remote paths (gs://, s3://) are refused naming the flag or key: `pathlib` would turn
+    gs://bucket/run into the local directory gs:/bucket/run."""
+    named = {"--workdir": workdir, "config.data.data_dir": config.data.data_dir,
+             "config.data.dir": config.data.dir,
+             "config.distill.teacher_export": config.distill.teacher_export}
+    for name, value in named.items():
+        if REMOTE.match(str(value)):
+            raise ValueError(f"{name}={str(value)!r}: remote paths are not supported yet; use a "
+                             f"local directory (a bucket mounted with gcsfuse works)")
+
+
 def check_config(config) -> None:
     """Fails early, naming the key, on values no stage could run with."""
     unknown = [m for m in method_list(config) if m not in METHODS]
@@ -595,6 +610,7 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
 
     The whole config is checked, the mesh made and the dataset loaded before the workdir is
     claimed, so a config error leaves nothing behind."""
+    check_local_paths(config, workdir)
     workdir = pathlib.Path(workdir)
     check_config(config)
     parallel.initialize_distributed(config.parallel.distributed)

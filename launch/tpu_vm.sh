@@ -7,7 +7,8 @@
 #   launch/tpu_vm.sh TPU_NAME ZONE --config=configs/quickstart.py --workdir=/tmp/cmcd_run
 #
 # Set PROJECT to pass --project to gcloud. On pod slices give a --workdir on storage every
-# worker can read (a GCS bucket path or a shared file system).
+# worker can read: a shared file system, or a GCS bucket mounted with gcsfuse (gs:// paths
+# themselves are refused with a clear error: not supported yet).
 set -euo pipefail
 if [ $# -lt 3 ]; then
   echo "usage: $0 TPU_NAME ZONE --config=... --workdir=... [--config.key=value ...]" >&2

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cmcd_jax import log
+from cmcd_jax import log, parallel
 
 META_FILE = "meta.json"
 
@@ -37,6 +37,7 @@ def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> path
     if jax.process_index() == 0:
         meta = {**meta, "sha256": fingerprint(variables)}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    parallel.barrier(f"cmcd_jax: exported {directory}")  # Others may read it next.
     return directory
 
 

@@ -616,7 +616,8 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
     parallel.initialize_distributed(config.parallel.distributed)
     mesh = parallel.make_mesh(config.parallel.num_devices)
     check_batch_sizes(config, mesh)
-    dataset = sources.load_dataset(config)
+    dataset = parallel.process_zero_first(lambda: sources.load_dataset(config),
+                                          "cmcd_jax: dataset prepared")
     with workdir_lock(workdir):
         claim_workdir(config, workdir, overwrite)
         parallel.barrier("cmcd_jax: workdir claimed")  # Process 0 deleted what it replaced.

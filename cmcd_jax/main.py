@@ -38,12 +38,12 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO.
     from cmcd_jax import xla_defaults
     xla_defaults.apply()  # Before JAX creates its backends.
-    from cmcd_jax import experiment  # Heavy imports only once the flags are parsed.
+    from cmcd_jax import experiment, log  # Heavy imports only once the flags are parsed.
     from cmcd_jax.stages.common import Preempted
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value, _OVERWRITE.value)
     except Preempted as e:
-        print(f"cmcd_jax: {e}", file=sys.stderr)
+        log.say(f"cmcd_jax: {e}")
     except USER_ERRORS as e:
         sys.exit(f"cmcd_jax: error: {one_line(e)}")
 

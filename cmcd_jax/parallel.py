@@ -41,6 +41,8 @@ def initialize_distributed(mode: str = "auto") -> None:
     if "JAX_NUM_PROCESSES" in os.environ:
         kwargs = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
                   "process_id": int(os.environ["JAX_PROCESS_ID"])}
+    # CPU devices of several processes talk through gloo (no effect on TPU/GPU backends).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
 
 
@@ -49,6 +51,16 @@ def barrier(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(name)
+
+
+def process_zero_first(build: Callable, name: str):
+    """`build()` on process 0, then on the others once it is done: for work that makes
+    shared files on first use (a dataset prepared in the data dir), so one process makes
+    them and the others read them."""
+    if jax.process_index() == 0:
+        result = build()
+    barrier(name)
+    return result if jax.process_index() == 0 else build()
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -104,16 +104,16 @@ def _prepare(record: dict, modalities: Sequence[str]) -> dict:
 
 def _batched(ds: grain.MapDataset, batch_size: int, seed: int,
              shard: tuple[int, int]) -> Iterator[dict]:
-    """This shard's records, shuffled, endlessly repeated (reshuffled each epoch), batched.
-
-    `shard` = (index, count): every process of a multi-host run reads its own records.
-    """
+    """This process's part of every global batch: the records shuffled, endlessly repeated
+    (reshuffled each epoch) and cut into global batches of `batch_size` x count rows, of
+    which process `index` reads rows index x batch_size onwards (`shard` = (index, count)).
+    The global batches, and so the training, do not depend on the number of processes."""
     index, count = shard
-    ds = ds.slice(slice(index, None, count))
-    if len(ds) < batch_size:
-        raise ValueError(f"batch size {batch_size} exceeds the {len(ds)} records available")
-    return iter(ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
-                .to_iter_dataset())
+    if len(ds) < batch_size * count:
+        raise ValueError(f"batch size {batch_size * count} exceeds the {len(ds)} records "
+                         f"available")
+    parts = ds.shuffle(seed=seed).repeat().batch(batch_size, drop_remainder=True)
+    return iter(parts.slice(slice(index, None, count)).to_iter_dataset())
 
 
 def two_view_batches(source, modality: str, batch_size: int, seed: int, *,

@@ -311,12 +311,21 @@ class Preempted(Exception):
 
 
 @contextlib.contextmanager
-def sigterm_requests_stop():
-    """Within the block, SIGTERM sets the returned event instead of killing the process."""
+def stop_requests():
+    """Within the block, `should_stop(step)` says whether to stop after `step`.
+
+    One process: after a SIGTERM (which then no longer kills it). Several: at the step that
+    every process agrees on once any of them got a SIGTERM (JAX's preemption sync point,
+    whose notifier owns SIGTERM in multi-process runs), so all save that same step.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        yield multihost_utils.reached_preemption_sync_point
+        return
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        yield stop
+        yield lambda step: stop.is_set()
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -325,17 +334,17 @@ def train(state: TrainState, step_fn: Callable, batches, num_steps: int, mesh,
           progress: Progress, manager, *extra_args) -> TrainState:
     """Runs `step_fn(state, *extra_args, batch) -> (state, metrics)` up to `num_steps`,
     checkpointing state and data position through `manager` (always at the end, and at
-    the next step boundary after a SIGTERM, then raising `Preempted`)."""
-    with sigterm_requests_stop() as stop:
+    the step where a SIGTERM is honoured, then raising `Preempted`)."""
+    with stop_requests() as should_stop:
         for i in range(int(state.step), num_steps):
             batch = parallel.to_global(next(batches), mesh)
             state, metrics = step_fn(state, *extra_args, batch)
             progress(i + 1, metrics)
-            final = i + 1 == num_steps or stop.is_set()
-            if final or manager.should_save(i + 1):  # Only finite states are saved.
-                progress.check_finite(i + 1, metrics)
-                checkpoints.save_train(manager, i + 1, state, batches, force=final)
-            if stop.is_set() and i + 1 < num_steps:
+            stop = should_stop(i + 1)
+            if stop or i + 1 == num_steps or manager.should_save(i + 1):
+                progress.check_finite(i + 1, metrics)  # Only finite states are saved.
+                checkpoints.save_train(manager, i + 1, state, batches, force=True)
+            if stop:
                 manager.wait_until_finished()
                 raise Preempted(f"[{progress.name}] stopped by SIGTERM after step {i + 1}; "
                                 f"checkpoint saved in {manager.directory}; rerun the same "

@@ -137,7 +137,8 @@ HELP = {
     "min_crop_scale": "smallest random-crop area fraction",
     "loss_chunk_size": "> 0: memory-lean loss over column chunks (large global batches)",
     "pretrain.temperature": "NT-Xent temperature of SimCLR",
-    "pretrain.colour_jitter": "colour-jitter strength on RGB views",
+    "pretrain.colour_jitter": "colour-jitter strength on RGB views (and of the contrast and "
+                              "offset of depth maps)",
     "pretrain.reuse_teacher": "keep the step-1 teacher in the TFDS data dir "
                               "(cmcd_jax_teachers/<key of data and step-1 config>) and reuse "
                               "it in every later run with the same key",

@@ -34,6 +34,18 @@ def test_paired_augmentation_keeps_modalities_aligned():
         assert out["image"].shape == (32, 32, 3)
 
 
+def test_simclr_views_of_depth_get_contrast_and_offset_jitter():
+    depth = np.random.default_rng(0).normal(size=(32, 32, 1)).astype(np.float32)
+    for seed in range(10):
+        plain = pipeline.augment(np.random.default_rng(seed), {"depth": depth}, 0.3, 0.0)
+        jittered = pipeline.augment(np.random.default_rng(seed), {"depth": depth}, 0.3, 0.4)
+        (contrast, offset), *_ = np.linalg.lstsq(
+            np.stack([plain["depth"].ravel(), np.ones(32 * 32)], 1), jittered["depth"].ravel())
+        np.testing.assert_allclose(jittered["depth"], contrast * plain["depth"] + offset,
+                                   rtol=1e-5, atol=1e-5)
+        assert 0.6 <= contrast <= 1.4 and abs(offset) <= 0.4 and (contrast, offset) != (1, 0)
+
+
 def test_crop_indices_cover_a_square_window_and_flip():
     rows, cols = pipeline.crop_indices(np.random.default_rng(3), 32, 0.3)
     assert len(rows) == len(cols) == 32

@@ -2,7 +2,8 @@
 
 A data source is anything indexable that returns records (dicts of numpy arrays), such as
 `tfds.data_source(...)[split]`. Spatial modalities of one record share the same random crop
-and flip so that paired inputs stay aligned; colour jitter touches the RGB image only.
+and flip so that paired inputs stay aligned; jitter touches the RGB image's colours and a
+depth map's contrast and offset.
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) 
     return image + (b - 1.0) * 2.0
 
 
+def depth_jitter(rng: np.random.Generator, depth: np.ndarray, strength: float) -> np.ndarray:
+    """Contrast and offset jitter of a standardised depth map (colour jitter's analogue)."""
+    contrast, offset = 1.0 + strength * rng.uniform(-1.0, 1.0), strength * rng.uniform(-1.0, 1.0)
+    return depth * contrast + offset
+
+
 def augment_audio(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
     """Random gain and a random circular time shift of up to 10% of the clip."""
     shift = int(rng.integers(-len(wave) // 10, len(wave) // 10 + 1))
@@ -93,6 +100,8 @@ def augment_view(rng: np.random.Generator, inputs: dict, min_scale: float,
             out[k] = inputs[k][rows][:, cols]
     if "image" in out and jitter > 0:
         out["image"] = colour_jitter(rng, out["image"], jitter)
+    if "depth" in out and jitter > 0:
+        out["depth"] = depth_jitter(rng, out["depth"], jitter)
     if "audio" in out:
         out["audio"] = augment_audio(rng, out["audio"])
     return {k: v.astype(np.float32) if k != "mask" else v for k, v in out.items()}, mirrored

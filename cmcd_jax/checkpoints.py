@@ -8,9 +8,15 @@ complete export; the sha256 tells an intact one from a damaged one.
 
 from __future__ import annotations
 
+import functools
+import gc
 import hashlib
+import inspect
 import json
 import pathlib
+import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import grain
 import jax
@@ -20,6 +26,7 @@ import orbax.checkpoint as ocp
 from cmcd_jax import log, parallel
 
 META_FILE = "meta.json"
+T = TypeVar("T")
 
 
 def export_complete(directory: str | pathlib.Path) -> bool:
@@ -89,19 +96,45 @@ def restore_encoder(directory: str | pathlib.Path, abstract_variables):
             raise ValueError(f"export {directory} is damaged: {path} holds no readable "
                              f"variables")
         check_shapes(stored, abstract_variables, directory)
-        try:
-            variables = ckptr.restore(path, abstract_variables)
-        except Exception as e:  # noqa: BLE001
+        variables, problem = attempt_restore(lambda: ckptr.restore(path, abstract_variables))
+        if problem:
             raise ValueError(f"export {directory} is damaged: {path} cannot be restored "
-                             f"({_reason(e)})") from e
+                             f"({problem})")
     if expected and fingerprint(variables) != expected:
         raise ValueError(f"export {directory} is damaged: its variables do not match the "
                          f"sha256 in its {META_FILE}")
     return variables
 
 
+def _abandoned(unraisable) -> bool:
+    """Whether an unraisable error is a read that a failed restore abandoned: one of orbax's
+    concurrent array reads (a coroutine), or its event loop closed under it."""
+    error = unraisable.exc_value
+    return inspect.iscoroutine(unraisable.object) or (
+        isinstance(error, RuntimeError) and "Event loop is closed" in str(error))
+
+
+def attempt_restore(restore: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(restore(), None), or (None, why it failed: any failure to read means damage).
+
+    When one array of a damaged checkpoint fails to read, orbax abandons its other concurrent
+    reads, and Python would print a traceback for each as it is collected ("Exception
+    ignored in: <coroutine ...>", "Event loop is closed"). The caller reports the damage
+    once; those are dropped here."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _abandoned(u) else previous(u)
+    try:
+        try:
+            return restore(), None
+        except Exception as e:  # noqa: BLE001
+            return None, _reason(e)
+    finally:
+        gc.collect()  # The abandoned reads are finalised now, under the hook above.
+        sys.unraisablehook = previous
+
+
 def _reason(error: Exception) -> str:
-    return " ".join(str(error).split())[:200]
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def fingerprint(tree) -> str:
@@ -142,16 +175,17 @@ def restore_train(manager: ocp.CheckpointManager, state, iterator):
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     start = iterator.get_state()
     for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(
+        restored, problem = attempt_restore(functools.partial(
+            manager.restore, step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract),
                 data=grain.checkpoint.CheckpointRestore(iterator),
-                fingerprint=ocp.args.JsonRestore()))
-            if fingerprint(restored["state"]) != restored["fingerprint"]["sha256"]:
-                raise ValueError("its contents do not match the fingerprint saved with it")
+                fingerprint=ocp.args.JsonRestore())))
+        if not problem and (fingerprint(restored["state"])
+                            != restored["fingerprint"].get("sha256")):
+            problem = "its contents do not match the fingerprint saved with it"
+        if not problem:
             return restored["state"]
-        except Exception as e:  # noqa: BLE001 -- any failure to read means damage.
-            log.say(f"checkpoint {manager.directory}/{step} is damaged ({_reason(e)}); "
-                    f"falling back to an earlier one")
+        log.say(f"checkpoint {manager.directory}/{step} is damaged ({problem}); "
+                f"falling back to an earlier one")
     iterator.set_state(start)
     return state

@@ -102,19 +102,21 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2
     files = [p for p in (ckpt / str(steps[-1]) / "state").rglob("*") if p.is_file()]
-    biggest = max(files, key=lambda p: p.stat().st_size)
-    data = bytearray(biggest.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) // 2]
+    if damage == "truncate":  # Every array's data: many concurrent reads fail at once.
+        for path in (p for p in files if p.parent.name == "d"):
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        data = bytearray(biggest.read_bytes())
         for i in range(len(data) // 2, len(data) // 2 + 64):
             data[i] ^= 0xFF
-    biggest.write_bytes(bytes(data))
+        biggest.write_bytes(bytes(data))
 
     resumed = run_main(workdir, data_dir, *OVERRIDES)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"checkpoint {ckpt}/{steps[-1]} is damaged" in resumed.stderr
     assert f"[pretrain] resuming from step {steps[0]}" in resumed.stderr
+    assert "Traceback" not in resumed.stderr and "Exception ignored" not in resumed.stderr
     assert_same_exports(reference, workdir)
 
 

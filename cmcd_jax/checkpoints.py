@@ -13,6 +13,7 @@ import gc
 import hashlib
 import inspect
 import json
+import logging
 import pathlib
 import sys
 from collections.abc import Callable
@@ -106,31 +107,54 @@ def restore_encoder(directory: str | pathlib.Path, abstract_variables):
     return variables
 
 
-def _abandoned(unraisable) -> bool:
-    """Whether an unraisable error is a read that a failed restore abandoned: one of orbax's
-    concurrent array reads (a coroutine), or its event loop closed under it."""
-    error = unraisable.exc_value
-    return inspect.iscoroutine(unraisable.object) or (
+def _abandoned(error: BaseException | None, source=None) -> bool:
+    """Whether an error is the echo of a read that a failed restore abandoned: one of
+    orbax's concurrent array reads (a coroutine), or its event loop closed under it."""
+    return inspect.iscoroutine(source) or (
         isinstance(error, RuntimeError) and "Event loop is closed" in str(error))
+
+
+class _AbandonedReadsFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+
+def quiet_abandoned_reads() -> Callable[[], None]:
+    """When one array of a damaged checkpoint fails to read, orbax abandons its other
+    concurrent reads, and each may print a traceback, later, from the garbage collector,
+    asyncio's logger or tensorstore's threads ("Exception ignored in: <coroutine ...>",
+    "Task exception was never retrieved", "Event loop is closed"). Drops those echoes;
+    returns what undoes it (a no-op when they were dropped already)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if any(isinstance(f, _AbandonedReadsFilter) for f in asyncio_log.filters):
+        return lambda: None
+    log_filter, unraisable, excepthook = _AbandonedReadsFilter(), sys.unraisablehook, sys.excepthook
+    asyncio_log.addFilter(log_filter)
+    sys.unraisablehook = lambda u: (None if _abandoned(u.exc_value, u.object)
+                                    else unraisable(u))
+    sys.excepthook = lambda kind, error, tb: (None if _abandoned(error)
+                                              else excepthook(kind, error, tb))
+
+    def undo() -> None:
+        asyncio_log.removeFilter(log_filter)
+        sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    return undo
 
 
 def attempt_restore(restore: Callable[[], T]) -> tuple[T | None, str | None]:
     """(restore(), None), or (None, why it failed: any failure to read means damage).
-
-    When one array of a damaged checkpoint fails to read, orbax abandons its other concurrent
-    reads, and Python would print a traceback for each as it is collected ("Exception
-    ignored in: <coroutine ...>", "Event loop is closed"). The caller reports the damage
-    once; those are dropped here."""
-    previous = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if _abandoned(u) else previous(u)
+    The echoes of a failed restore's abandoned reads (:func:`quiet_abandoned_reads`) stay
+    quiet for the rest of the process: they may come at any time after it."""
+    undo = quiet_abandoned_reads()
     try:
-        try:
-            return restore(), None
-        except Exception as e:  # noqa: BLE001
-            return None, _reason(e)
-    finally:
-        gc.collect()  # The abandoned reads are finalised now, under the hook above.
-        sys.unraisablehook = previous
+        result = restore()
+    except Exception as e:  # noqa: BLE001
+        problem = _reason(e)
+    else:
+        undo()
+        return result, None
+    gc.collect()  # Collect the abandoned reads now, not in the middle of later output.
+    return None, problem
 
 
 def _reason(error: Exception) -> str:

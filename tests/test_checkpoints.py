@@ -1,4 +1,9 @@
-"""Encoder exports: round trip, refusing to overwrite, architecture mismatch messages."""
+"""Encoder exports: round trip, refusing to overwrite, architecture mismatch messages;
+the quiet failure of a damaged restore."""
+
+import logging
+import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -51,3 +56,33 @@ def test_architecture_mismatch_names_parameter_and_shapes(tmp_path):
 def test_missing_export_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no encoder export at"):
         checkpoints.read_meta(tmp_path)
+
+
+def test_a_failed_restore_drops_only_the_echoes_of_its_abandoned_reads(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(sys, "excepthook", lambda kind, error, tb: seen.append(error))
+    asyncio_log = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_log, "filters", [])
+    assert checkpoints.attempt_restore(lambda: 7) == (7, None)
+    assert sys.unraisablehook == seen.append and not asyncio_log.filters  # As they were.
+
+    def damaged():
+        raise ValueError("DATA_LOSS:   truncated\n manifest")
+
+    assert checkpoints.attempt_restore(damaged) == (None, "DATA_LOSS: truncated manifest")
+
+    async def read():
+        pass
+
+    coroutine = read()
+    sys.unraisablehook(SimpleNamespace(exc_value=ValueError("array"), object=coroutine))
+    sys.excepthook(RuntimeError, RuntimeError("Event loop is closed"), None)
+    other_unraisable, other_error = SimpleNamespace(exc_value=KeyError("a"), object=None), OSError()
+    sys.unraisablehook(other_unraisable)
+    sys.excepthook(OSError, other_error, None)
+    assert seen == [other_unraisable, other_error]
+    assert not asyncio_log.filter(logging.makeLogRecord(
+        {"msg": "Task exception was never retrieved"}))
+    assert asyncio_log.filter(logging.makeLogRecord({"msg": "Executing <Task> took 1 s"}))
+    coroutine.close()

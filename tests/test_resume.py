@@ -93,7 +93,7 @@ def stop_after(workdir, data_dir, step):
     assert proc.wait(timeout=120) == 0
 
 
-@pytest.mark.parametrize("damage", ["flip_bytes", "truncate"])
+@pytest.mark.parametrize("damage", ["flip_bytes", "truncate", "truncate_manifest"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir,
                                                                   reference, damage):
     workdir = tmp_path / "run"
@@ -102,8 +102,10 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2
     files = [p for p in (ckpt / str(steps[-1]) / "state").rglob("*") if p.is_file()]
-    if damage == "truncate":  # Every array's data: many concurrent reads fail at once.
-        for path in (p for p in files if p.parent.name == "d"):
+    truncated = {"truncate": lambda p: p.parent.name == "d",  # Every array's data.
+                 "truncate_manifest": lambda p: p.name == "manifest.ocdbt"}
+    if damage in truncated:  # Many concurrent reads fail at once.
+        for path in filter(truncated[damage], files):
             path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:
         biggest = max(files, key=lambda p: p.stat().st_size)

@@ -118,7 +118,7 @@ HELP = {
     "data.source": "the rich modality of the teacher (step 1)",
     "data.target": "the modality distilled into (steps 2 and 3)",
     "methods": "comma-separated; ours: cmc, cmd; baselines: l2, socket, target_only, "
-               "ssl_target, random_init",
+               "ssl_target, random_init; any name registered in cmcd_jax.methods",
     "num_seeds": "> 1: every method for seeds seed .. seed+num_seeds-1; mean and std",
     "gap_levels": "e.g. '0,0.5,1': the gap sweep, the target corrupted at each level",
     "model.encoder": "backbone of every modality: convnet, resnet18, vit_t4",

@@ -29,14 +29,12 @@ import ml_collections
 import numpy as np
 
 import cmcd_jax
-from cmcd_jax import checkpoints, log, losses, parallel
+from cmcd_jax import checkpoints, log, losses, methods, parallel
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import datasets, sources
 from cmcd_jax.models import IMAGE_ENCODERS
 from cmcd_jax.stages import common, distill, downstream, pretrain
 
-BASELINES = ("target_only", "ssl_target", "random_init")
-METHODS = (*distill.METHODS, *BASELINES)
 TRAINED_STAGES = ("pretrain", "distill", "target_only", "finetune")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # model.dtype
 METRICS = ("probe_top1", "retrieval_top1", "seg_miou", "tv_lower", "mmd")
@@ -95,10 +93,10 @@ def check_local_paths(config, workdir) -> None:
 
 def check_config(config) -> None:
     """Fails early, naming the key, on values no stage could run with."""
-    unknown = [m for m in method_list(config) if m not in METHODS]
+    unknown = [m for m in method_list(config) if m not in methods.REGISTRY]
     if unknown or not method_list(config):
         raise ValueError(f"config.methods: unknown method(s) {', '.join(map(repr, unknown))}; "
-                         f"valid: {', '.join(METHODS)}")
+                         f"valid: {', '.join(methods.names())}")
     if config.model.encoder not in IMAGE_ENCODERS:
         raise ValueError(f"config.model.encoder={config.model.encoder!r}; valid: "
                          f"{', '.join(sorted(IMAGE_ENCODERS))}")
@@ -154,7 +152,7 @@ RUN_FILES = (MARKER, CONFIG_FILE, LOCK_FILE, "results.json", "results.json.parti
 
 def is_run_entry(name: str) -> bool:
     """Whether a top-level workdir entry is one a run writes."""
-    stages = {"pretrain", *(method_dir(pathlib.Path(), m).parts[0] for m in METHODS)}
+    stages = {"pretrain", *(m.directory.split("/")[0] for m in methods.REGISTRY.values())}
     return (name in RUN_FILES or name in stages
             or re.fullmatch(r"seed_-?\d+|gap_[0-9.e+-]+", name) is not None)
 
@@ -415,18 +413,19 @@ def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: dataset
     """Trains what `method` needs (skipping finished stages) and returns its metrics row."""
     row = dict.fromkeys(("probe_top1", "retrieval_top1", "seg_miou", "tv_lower",
                          "tv_lower_ci", "mmd", "mmd_p_value"))
-    if method == "target_only":
+    trains = methods.get(method).trains
+    if trains == "labels":
         row["probe_top1"], export = downstream.run_supervised(config, method, workdir, dataset,
                                                               data, mesh)
         if export is not None:
             _, variables, meta = common.restore_model(export, mesh)
             row["seg_miou"] = downstream.segmentation_score(config, meta["encoder"], variables,
                                                             data)
-    elif method == "random_init":
+    elif trains == "nothing":
         row.update(downstream.evaluate_random_init(config, dataset, data))
-    elif method == "ssl_target":
+    elif trains == "simclr":
         encoder = pretrain.run(config, workdir, dataset, mesh, modality=config.data.target,
-                               name="ssl_target")
+                               name=method)
         row.update(downstream.evaluate_encoder(config, method, encoder, workdir, dataset, data,
                                                mesh))
     else:
@@ -491,11 +490,7 @@ def run_methods(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
 
 def method_dir(workdir: pathlib.Path, method: str) -> pathlib.Path:
     """Where `method`'s own stage writes: the student, the target-side encoder or the probe."""
-    if method in distill.METHODS:
-        return workdir / "distill" / method
-    if method == "target_only":
-        return workdir / "downstream" / method
-    return workdir / method
+    return workdir / methods.get(method).directory
 
 
 def rounded(value, digits: int = 6):
@@ -601,7 +596,7 @@ def run_gap_sweep(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh
         m: {d: spearman([p[d] for p in points if p["method"] == m],
                         [p["error"] for p in points if p["method"] == m])
             for d in ("tv_lower", "mmd")}
-        for m in method_list(config) if m in distill.METHODS}
+        for m in method_list(config) if methods.get(m).distils}
     return {"methods": by_level[levels[0]], "sweep": points, "spearman": correlations}
 
 

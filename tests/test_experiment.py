@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cmcd_jax import defaults, experiment
+from cmcd_jax import defaults, experiment, methods
 from cmcd_jax.data import datasets, sources
 from conftest import tree_digest
 
@@ -48,9 +48,31 @@ def config(**changes):
 
 def test_check_config_accepts_the_defaults_and_every_method(tmp_path):
     experiment.check_config(config())
-    experiment.check_config(config(methods=",".join(experiment.METHODS),
+    experiment.check_config(config(methods=",".join(methods.names()),
                                    gap_levels="0,1", num_seeds=3, **{"data.dir": str(tmp_path)}))
-    assert "socket" in experiment.METHODS
+    assert "socket" in methods.names()
+
+
+def test_each_built_in_method_writes_where_it_always_did():
+    assert {name: m.directory for name, m in methods.REGISTRY.items()} == {
+        "cmc": "distill/cmc", "cmd": "distill/cmd", "l2": "distill/l2",
+        "socket": "distill/socket", "target_only": "downstream/target_only",
+        "ssl_target": "ssl_target", "random_init": "random_init"}
+
+
+@pytest.mark.parametrize("method, message", [
+    (methods.Method("Cos", "student", loss=len), "method name 'Cos': use lowercase"),
+    (methods.Method("cos", "teacher"), "trains='teacher'; valid: student, labels, simclr, "
+                                       "nothing"),
+    (methods.Method("cos", "student"), "method 'cos' trains a student and needs a loss"),
+    (methods.Method("cos", "student", loss=len, teacher_output="logits"),
+     "teacher_output='logits'; valid: projection, features"),
+])
+def test_a_method_is_checked_when_registered(monkeypatch, method, message):
+    monkeypatch.setattr(methods, "REGISTRY", dict(methods.REGISTRY))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        methods.register(method)
+    assert method.name not in methods.REGISTRY
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -1,6 +1,7 @@
 """`cmcd_jax.exports`: an export restored and used as a user's script would, and every Python
 block of the README run as written."""
 
+import json
 import pathlib
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from cmcd_jax import checkpoints, defaults, exports
 from cmcd_jax.stages import common
+from conftest import run_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = "/tmp/cmcd_quickstart"  # The workdir the README's commands use.
@@ -58,11 +60,22 @@ def python_blocks(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks((REPO / "README.md").read_text()))))
-def test_readme_python_blocks_run_as_written(index, tmp_path):
+def test_readme_python_blocks_run_as_written(index, tmp_path, data_dir):
     """Each block runs in a fresh interpreter; the one place it differs from a user's copy is
     the quickstart's workdir, here a folder holding a sketch export where the quickstart
-    writes its cmc student."""
+    writes its cmc student. A config file runs through the pipeline, on the tiny config."""
     block = python_blocks((REPO / "README.md").read_text())[index]
+    if "def get_config" in block:
+        config_file = tmp_path / "my_method.py"
+        config_file.write_text(block.replace("default_config()", "tiny_config()"))
+        proc = run_main(tmp_path / "run", data_dir, config=str(config_file))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert list(results["methods"]) == ["cmc", "cosine", "target_only"]
+        metrics = tmp_path / "run" / "distill" / "cosine" / "metrics.jsonl"
+        cosine_losses = [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+        assert all(0.0 <= loss <= 2.0 for loss in cosine_losses)  # A cosine distance.
+        return
     if QUICKSTART in block:
         sketch_export(tmp_path / "distill" / "cmc" / "export")
         block = block.replace(QUICKSTART, str(tmp_path))

@@ -1,9 +1,9 @@
-"""Step 2: cross-modality distillation from the frozen source teacher into a target student.
-
-Methods: `cmc` and `cmd` (ours: contrastive, positive and negative correspondence), and the
-baselines `l2` (supervision transfer: regress the teacher's features through a learned
-linear map) and `socket` (`l2` plus matching the target batch's BatchNorm statistics, layer
-by layer, to the teacher's stored running statistics).
+"""Step 2: cross-modality distillation from the frozen source teacher into a target student,
+with any method of :mod:`cmcd_jax.methods` that trains a student: `cmc` and `cmd` (ours:
+contrastive, positive and negative correspondence), and the baselines `l2` (supervision
+transfer: regress the teacher's features through a learned linear map) and `socket` (`l2`
+plus matching the target batch's BatchNorm statistics, layer by layer, to the teacher's
+stored running statistics).
 """
 
 from __future__ import annotations
@@ -15,30 +15,20 @@ import jax
 import numpy as np
 import optax
 
-from cmcd_jax import checkpoints, log, losses, parallel
+from cmcd_jax import checkpoints, log, losses, methods, parallel
 from cmcd_jax.data import datasets, pipeline
 from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
-
-METHODS = ("cmc", "cmd", "l2", "socket")
 
 
 def method_loss(method: str, config, mesh):
     """(per-device-sharded loss(student_out, teacher_target), whether the target is the
     teacher's projection (True) or its backbone features (False))."""
-    cfg = config.distill
-    chunk = cfg.get("loss_chunk_size") or None
-    if method == "cmc":
-        return parallel.sharded_loss(losses.cmc_loss, mesh, temperature=cfg.cmc.temperature,
-                                     symmetric=cfg.cmc.symmetric, chunk_size=chunk), True
-    if method == "cmd":
-        return parallel.sharded_loss(
-            losses.cmd_loss, mesh, student_temperature=cfg.cmd.student_temperature,
-            teacher_temperature=cfg.cmd.teacher_temperature, variant=cfg.cmd.variant,
-            chunk_size=chunk), True
-    if method in ("l2", "socket"):
-        return parallel.sharded_loss(losses.l2_align, mesh), False
-    raise ValueError(f"unknown distillation method {method!r}; valid: {', '.join(METHODS)}")
+    spec = methods.get(method)
+    if not spec.distils:
+        raise ValueError(f"method {method!r} trains no student (it trains {spec.trains!r})")
+    return (parallel.sharded_loss(spec.loss(config), mesh),
+            spec.teacher_output == "projection")
 
 
 def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
@@ -147,7 +137,7 @@ def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, m
     cfg, modality = config.distill, config.data.target
     loss_fn, use_projection = method_loss(method, config, mesh)
     teacher, teacher_variables, teacher_meta = common.restore_model(teacher_dir, mesh)
-    weight = cfg.socket.statistics_weight if method == "socket" else 0.0
+    weight = methods.get(method).statistics_weight(config)
     stage_dir = workdir / "distill" / method
     table = None
     if cfg.cache_teacher and not checkpoints.export_complete(stage_dir / "export"):

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import signal
 
 from cmcd_jax import defaults, experiment
-from cmcd_jax.data import paired_folder, readers
+from cmcd_jax.data import paired_folder, pipeline, readers
 from folder_fixture import CLASS_NAMES, make_paired_folder, write_wav
 
 
@@ -150,6 +150,26 @@ def test_integer_labels_other_modality_and_label_pairing(tmp_path):
     assert "mask" not in record and record["label"] == int(row["label"])
     assert record["thermal"].dtype == np.float32 and record["thermal"].shape == (16, 16, 2)
     np.testing.assert_array_equal(record["thermal"], np.load(folder / row["thermal"]))
+
+
+def test_a_custom_map_modality_is_cropped_and_flipped_with_its_pair(tmp_path):
+    folder = make_paired_folder(tmp_path / "f", num_train=6, num_test=2, unpaired_rows=0,
+                                modalities=("image", "thermal"), with_mask=False)
+    rng = np.random.default_rng(0)
+    with open(folder / "manifest.csv") as f:
+        for row in csv.DictReader(f):  # A thermal map: the red channel of its image.
+            image = rng.integers(0, 256, (16, 16, 3)).astype(np.uint8)
+            Image.fromarray(image, "RGB").save(folder / row["image"])
+            np.save(folder / row["thermal"], image[..., 0].astype(np.float32))
+    ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
+                                          source="image", target="thermal")
+    plain = pipeline.load_arrays(ds.pairs["train"], ("thermal",))["thermal"]
+    batch = next(pipeline.paired_batches(ds.pairs["train"], ("image", "thermal"), 6, seed=1,
+                                         min_scale=0.3, jitter=0.0))
+    red = (batch["image"][..., 0] * 0.25 + 0.5) * 255  # The image input, back to its values.
+    np.testing.assert_allclose(batch["thermal"][..., 0], red, atol=1e-3)  # Aligned.
+    assert batch["thermal"].shape == (6, 16, 16, 1)
+    assert not any(np.array_equal(t, p) for t in batch["thermal"] for p in plain)  # Cropped.
 
 
 def test_build_is_reused_and_redone_when_the_folder_changes(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cmcd_jax.data import pipeline, shapes
+from cmcd_jax.data import modalities, pipeline, shapes
 
 
 def test_tiny_build_has_paired_fields(tiny_sources):
@@ -44,6 +44,24 @@ def test_simclr_views_of_depth_get_contrast_and_offset_jitter():
         np.testing.assert_allclose(jittered["depth"], contrast * plain["depth"] + offset,
                                    rtol=1e-5, atol=1e-5)
         assert 0.6 <= contrast <= 1.4 and abs(offset) <= 0.4 and (contrast, offset) != (1, 0)
+
+
+def test_unregistered_maps_are_spatial_and_a_registered_modality_has_its_own_entry(
+        monkeypatch):
+    monkeypatch.setattr(modalities, "TABLE", dict(modalities.TABLE))
+    field = np.arange(32 * 32, dtype=np.float32).reshape(32, 32, 1)
+    wave = np.arange(100, dtype=np.float32)
+    inputs = {"sketch": field, "lidar": field.copy(), "ecg": wave}
+    for seed in range(5):
+        out = pipeline.augment(np.random.default_rng(seed), inputs, 0.3, 0.0)
+        np.testing.assert_array_equal(out["lidar"], out["sketch"])  # Cropped with its pair.
+        np.testing.assert_array_equal(out["ecg"], wave)  # 1-D: not a map, left as it is.
+    assert not np.array_equal(out["lidar"], field)
+    modalities.register(modalities.Modality("lidar", spatial=False))
+    out = pipeline.augment(np.random.default_rng(0), inputs, 0.3, 0.0)
+    np.testing.assert_array_equal(out["lidar"], field)
+    with pytest.raises(ValueError, match="modality 'radar': encoder='rnn'; valid: image, audio"):
+        modalities.register(modalities.Modality("radar", encoder="rnn"))
 
 
 def test_crop_indices_cover_a_square_window_and_flip():

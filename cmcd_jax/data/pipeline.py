@@ -2,8 +2,9 @@
 
 A data source is anything indexable that returns records (dicts of numpy arrays), such as
 `tfds.data_source(...)[split]`. Spatial modalities of one record share the same random crop
-and flip so that paired inputs stay aligned; jitter touches the RGB image's colours and a
-depth map's contrast and offset.
+and flip so that paired inputs stay aligned; then each modality gets its own augmentation
+(:mod:`cmcd_jax.data.modalities`: colour jitter of the image, contrast and offset of a depth
+map, gain and time shift of audio).
 """
 
 from __future__ import annotations
@@ -13,34 +14,16 @@ from collections.abc import Iterator, Sequence
 import grain
 import numpy as np
 
-SPATIAL = ("image", "sketch", "depth", "mask")
+from cmcd_jax.data import modalities
 
 #: The batch key of a frozen teacher's cached output (:func:`cached_teacher_batches`).
 TEACHER_OUT = "teacher_out"
 
 
 def to_input(modality: str, value: np.ndarray) -> np.ndarray:
-    """Raw record field -> float32 network input: (H,W,C) for images and maps, (T,) for audio.
-
-    Depth is standardised over its valid pixels (finite, non-zero); invalid ones become 0.
-    Modalities without a rule of their own: uint8 scaled to [0, 1], floats as stored, a
-    channel axis added to 2-D maps.
-    """
-    value = np.asarray(value)
-    if modality == "audio":
-        return value.astype(np.float32)
-    if modality == "image":
-        x = (value.astype(np.float32) / 255.0 - 0.5) / 0.25
-    elif modality == "depth":
-        x = value.astype(np.float32)
-        valid = np.isfinite(x) & (x != 0)
-        mean, std = (x[valid].mean(), x[valid].std()) if valid.any() else (0.0, 1.0)
-        x = np.where(valid, (x - mean) / (std + 1e-6), 0.0).astype(np.float32)
-    elif value.dtype == np.uint8:
-        x = value.astype(np.float32) / 255.0
-    else:
-        x = value.astype(np.float32)
-    return x[..., None] if x.ndim == 2 else x
+    """Raw record field -> network input: the modality's `to_input` (float32 (H, W, C) for
+    images and maps, (T,) for audio; :mod:`cmcd_jax.data.modalities`)."""
+    return modalities.get(modality).to_input(value)
 
 
 def first_input(source, modality: str) -> np.ndarray:
@@ -59,29 +42,6 @@ def crop_indices(rng: np.random.Generator, size: int, min_scale: float) -> tuple
     return top + grid, cols
 
 
-def colour_jitter(rng: np.random.Generator, image: np.ndarray, strength: float) -> np.ndarray:
-    """Brightness, contrast, saturation jitter and random grayscale on a normalised RGB image."""
-    grey = image.mean(axis=-1, keepdims=True)
-    if rng.random() < 0.2:
-        return np.broadcast_to(grey, image.shape).copy()
-    b, c, s = 1.0 + strength * rng.uniform(-1.0, 1.0, size=3)
-    image = grey + s * (image - grey)
-    image = image.mean() + c * (image - image.mean())
-    return image + (b - 1.0) * 2.0
-
-
-def depth_jitter(rng: np.random.Generator, depth: np.ndarray, strength: float) -> np.ndarray:
-    """Contrast and offset jitter of a standardised depth map (colour jitter's analogue)."""
-    contrast, offset = 1.0 + strength * rng.uniform(-1.0, 1.0), strength * rng.uniform(-1.0, 1.0)
-    return depth * contrast + offset
-
-
-def augment_audio(rng: np.random.Generator, wave: np.ndarray) -> np.ndarray:
-    """Random gain and a random circular time shift of up to 10% of the clip."""
-    shift = int(rng.integers(-len(wave) // 10, len(wave) // 10 + 1))
-    return np.roll(wave, shift) * rng.uniform(0.7, 1.3)
-
-
 def augment(rng: np.random.Generator, inputs: dict, min_scale: float,
             jitter: float) -> dict:
     """Augments one record's prepared inputs; spatial ones share one crop and flip."""
@@ -92,19 +52,16 @@ def augment_view(rng: np.random.Generator, inputs: dict, min_scale: float,
                  jitter: float) -> tuple[dict, bool]:
     """:func:`augment`, and whether the spatial inputs' shared crop was mirrored."""
     out, mirrored = dict(inputs), False
-    spatial = [k for k in inputs if k in SPATIAL]
+    spatial = [k for k in inputs if modalities.get(k).is_spatial(inputs[k])]
     if spatial:
         rows, cols = crop_indices(rng, inputs[spatial[0]].shape[0], min_scale)
         mirrored = bool(cols[0] > cols[-1])
         for k in spatial:
             out[k] = inputs[k][rows][:, cols]
-    if "image" in out and jitter > 0:
-        out["image"] = colour_jitter(rng, out["image"], jitter)
-    if "depth" in out and jitter > 0:
-        out["depth"] = depth_jitter(rng, out["depth"], jitter)
-    if "audio" in out:
-        out["audio"] = augment_audio(rng, out["audio"])
-    return {k: v.astype(np.float32) if k != "mask" else v for k, v in out.items()}, mirrored
+    out = {k: modalities.get(k).augment(rng, v, jitter) for k, v in out.items()}
+    # Augmentations may compute in float64; integer maps (masks) keep their class ids.
+    return {k: v.astype(np.float32) if v.dtype.kind == "f" else v
+            for k, v in out.items()}, mirrored
 
 
 def _prepare(record: dict, modalities: Sequence[str]) -> dict:
@@ -164,9 +121,10 @@ def cached_teacher_batches(source, modalities: Sequence[str], table: np.ndarray,
     pass. Batches are ``{target: ..., TEACHER_OUT: ...}`` (same order and target views).
     """
     source_key, target = modalities
-    if source_key not in SPATIAL:
+    if not modalities.get(source_key).is_spatial(to_input(source_key, source[0][source_key])):
         raise ValueError(f"the {source_key!r} source is augmented on every draw; only "
-                         f"spatial sources ({', '.join(SPATIAL)}) can have cached outputs")
+                         f"spatial sources (maps cropped with their pair) can have cached "
+                         f"outputs")
     if len(table) != len(source) or table.shape[1] != 2:
         raise ValueError(f"the teacher table has shape {table.shape}; expected "
                          f"({len(source)}, 2, dim): one row per record, plain and mirrored")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from cmcd_jax.data import datasets
+from cmcd_jax.data import datasets, modalities
 
 # config.dataset -> "module:function" of its loader: a function of the run's config returning
 # a `datasets.Dataset`. Resolved on use, so loading one dataset imports its module alone, and
@@ -35,30 +35,15 @@ def loader(name: str) -> Callable[..., datasets.Dataset]:
 
 def corrupt(modality: str, value: np.ndarray, level: float,
             rng: np.random.Generator) -> np.ndarray:
-    """`value` with its information degraded by `level` in [0, 1] (0: unchanged).
-
-    sketch: each stroke pixel (any pixel unlike the background, the median value: light or
-    dark strokes alike) erased with probability `level`; depth: Gaussian noise of
-    `level` x the map's std on valid pixels; audio: white noise of RMS 3 x `level` x the
-    clip's RMS (SNR -20 log10(3 level) dB); any other modality: Gaussian noise of `level` x
-    its std. The gap sweep uses it to widen the distance between the modalities.
+    """`value` with its information degraded by `level` in [0, 1] (0: unchanged), the
+    modality's way (:mod:`cmcd_jax.data.modalities`): sketch strokes erased with probability
+    `level`, depth and other fields with Gaussian noise of `level` x their std, audio with
+    white noise of RMS 3 x `level` x the clip's RMS. The gap sweep uses it to widen the
+    distance between the modalities.
     """
     if level <= 0:
         return value
-    if modality == "sketch":  # Strokes: pixels unlike the background (the median value).
-        background = np.median(value)
-        erase = (value != background) & (rng.random(value.shape) < level)
-        return np.where(erase, background, value).astype(value.dtype)
-    x = value.astype(np.float32)
-    if modality == "depth":
-        valid = np.isfinite(x) & (x != 0)
-        scale = x[valid].std() if valid.any() else 0.0
-        return np.where(valid, x + rng.normal(0, level * scale, x.shape), x).astype(np.float32)
-    scale = (3.0 * np.sqrt(np.mean(x ** 2))) if modality == "audio" else x.std()
-    noisy = x + rng.normal(0.0, level * scale, x.shape)
-    if value.dtype == np.uint8:
-        return np.clip(noisy, 0, 255).astype(np.uint8)
-    return noisy.astype(np.float32)
+    return modalities.get(modality).corrupt(value, level, rng)
 
 
 class Corrupted(datasets.Records):

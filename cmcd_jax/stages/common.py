@@ -21,6 +21,7 @@ import optax
 import tensorboardX
 
 from cmcd_jax import checkpoints, log, parallel
+from cmcd_jax.data import modalities
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
 
 
@@ -74,7 +75,7 @@ def encoder_spec(config, modality: str, dataset) -> dict:
     kwargs = (config.model.target_encoder_kwargs if modality == config.data.target
               else config.model.encoder_kwargs).to_dict()
     kwargs["dtype"] = config.model.dtype
-    if modality == "audio":
+    if modalities.get(modality).encoder == "audio":
         return {"name": "audio", "kwargs": {
             "backbone": config.model.encoder, "backbone_kwargs": kwargs,
             "sample_rate": float(dataset.audio_sample_rate)}}

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from cmcd_jax import checkpoints, log, losses, methods, parallel
-from cmcd_jax.data import datasets, pipeline
+from cmcd_jax.data import datasets, modalities, pipeline
 from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
 
@@ -92,7 +92,7 @@ def check_cacheable(config) -> None:
     if config.data.pairing != "instance":
         raise ValueError(f"config.distill.cache_teacher needs config.data.pairing='instance' "
                          f"(it is {config.data.pairing!r}: partners are re-drawn every epoch)")
-    if config.data.source not in pipeline.SPATIAL:
+    if modalities.get(config.data.source).spatial is False:
         raise ValueError(f"config.distill.cache_teacher: the {config.data.source!r} source is "
                          f"augmented on every draw, so its teacher output cannot be cached")
 

@@ -18,7 +18,8 @@ DATA = REPO / "cmcd_jax" / "data"
 MODULES = sorted(p.stem for p in DATA.glob("*.py") if p.stem != "__init__")
 # The modules loaders build on, and the only data modules each may import.
 FOUNDATIONS = {"datasets": set(), "readers": set(), "spatial": set(), "render": set(),
-               "pipeline": set(), "sources": {"datasets"}}
+               "modalities": set(), "pipeline": {"modalities"},
+               "sources": {"datasets", "modalities"}}
 
 
 def imported_alone(module: str) -> set[str]:

@@ -26,6 +26,11 @@ def to_input(modality: str, value: np.ndarray) -> np.ndarray:
     return modalities.get(modality).to_input(value)
 
 
+def is_spatial(modality: str, x: np.ndarray) -> bool:
+    """Whether input `x` of `modality` is a map, cropped and flipped with its pair."""
+    return modalities.get(modality).is_spatial(x)
+
+
 def first_input(source, modality: str) -> np.ndarray:
     """The prepared `modality` input of the first record: fixes a model's input shape."""
     return to_input(modality, source[0][modality])
@@ -52,7 +57,7 @@ def augment_view(rng: np.random.Generator, inputs: dict, min_scale: float,
                  jitter: float) -> tuple[dict, bool]:
     """:func:`augment`, and whether the spatial inputs' shared crop was mirrored."""
     out, mirrored = dict(inputs), False
-    spatial = [k for k in inputs if modalities.get(k).is_spatial(inputs[k])]
+    spatial = [k for k in inputs if is_spatial(k, inputs[k])]
     if spatial:
         rows, cols = crop_indices(rng, inputs[spatial[0]].shape[0], min_scale)
         mirrored = bool(cols[0] > cols[-1])
@@ -121,7 +126,7 @@ def cached_teacher_batches(source, modalities: Sequence[str], table: np.ndarray,
     pass. Batches are ``{target: ..., TEACHER_OUT: ...}`` (same order and target views).
     """
     source_key, target = modalities
-    if not modalities.get(source_key).is_spatial(to_input(source_key, source[0][source_key])):
+    if not is_spatial(source_key, first_input(source, source_key)):
         raise ValueError(f"the {source_key!r} source is augmented on every draw; only "
                          f"spatial sources (maps cropped with their pair) can have cached "
                          f"outputs")

@@ -19,17 +19,21 @@ from collections.abc import Callable
 import numpy as np
 
 
+def _as_map(x: np.ndarray) -> np.ndarray:
+    """A channel axis added to a 2-D map."""
+    return x[..., None] if x.ndim == 2 else x
+
+
 def generic_input(value: np.ndarray) -> np.ndarray:
     """uint8 scaled to [0, 1], other types as float32, a channel axis added to 2-D maps."""
     value = np.asarray(value)
     x = value.astype(np.float32) / 255.0 if value.dtype == np.uint8 else value.astype(np.float32)
-    return x[..., None] if x.ndim == 2 else x
+    return _as_map(x)
 
 
 def image_input(value: np.ndarray) -> np.ndarray:
     """uint8 -> float32 centred on 0.5 with scale 0.25."""
-    x = (np.asarray(value).astype(np.float32) / 255.0 - 0.5) / 0.25
-    return x[..., None] if x.ndim == 2 else x
+    return _as_map((np.asarray(value).astype(np.float32) / 255.0 - 0.5) / 0.25)
 
 
 def depth_input(value: np.ndarray) -> np.ndarray:
@@ -37,8 +41,7 @@ def depth_input(value: np.ndarray) -> np.ndarray:
     x = np.asarray(value).astype(np.float32)
     valid = np.isfinite(x) & (x != 0)
     mean, std = (x[valid].mean(), x[valid].std()) if valid.any() else (0.0, 1.0)
-    x = np.where(valid, (x - mean) / (std + 1e-6), 0.0).astype(np.float32)
-    return x[..., None] if x.ndim == 2 else x
+    return _as_map(np.where(valid, (x - mean) / (std + 1e-6), 0.0).astype(np.float32))
 
 
 def audio_input(value: np.ndarray) -> np.ndarray:

@@ -107,9 +107,9 @@ HELP = {
     "data.audio_sample_rate": "paired_folder: .wav files are resampled to this rate (Hz); "
                               "0: the files' own (the highest, said in a note, when they "
                               "differ)",
-    "data.audio_seconds": "paired_folder: every clip centre-cropped or zero-padded (centred) "
-                          "to this duration at build time; 0: zero-padded at the end to the "
-                          "longest clip",
+    "data.audio_seconds": "paired_folder: the duration the network hears: each clip's centre "
+                          "in evaluation (zero-padded when shorter), a random crop in "
+                          "training; 0: every clip zero-padded at the end to the longest",
     "data.source_pool": "cmcd_shapes only (other datasets have the records they have): "
                         "unpaired source images (cmcd_shapes_source) that step 1 trains on "
                         "beside the paired ones (0: none)",

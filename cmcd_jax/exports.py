@@ -37,11 +37,13 @@ class Encoder:
 
     def prepare(self, raw) -> np.ndarray:
         """Raw inputs as the dataset stores them (uint8 images and sketches, float depth,
-        audio clips), batched -> float32 network inputs, as the training pipeline makes them."""
-        from cmcd_jax.data import pipeline
+        audio clips of any length: their centre, padded when short), batched -> float32
+        network inputs, as the training pipeline makes them for evaluation."""
+        from cmcd_jax.data import modalities, pipeline
 
-        inputs = np.stack([pipeline.to_input(self.modality, x) for x in raw])
         expected = tuple(self.meta["input_shape"])
+        clip_length = expected[0] if modalities.get(self.modality).window else 0
+        inputs = np.stack([pipeline.to_input(self.modality, x, clip_length) for x in raw])
         if inputs.shape[1:] != expected:
             raise ValueError(f"inputs of shape {inputs.shape[1:]} (after preparing "
                              f"{self.modality}); this export takes {expected}")

@@ -55,6 +55,16 @@ def test_load_names_a_wrong_input_shape_and_a_missing_export(tmp_path):
         exports.load(tmp_path / "nowhere")
 
 
+def test_an_audio_export_hears_the_centre_of_clips_of_any_length():
+    encoder = exports.Encoder(lambda v, x: (x, x), {}, {"modality": "audio",
+                                                        "input_shape": [40]})
+    wave = np.arange(1, 101, dtype=np.float32)
+    np.testing.assert_array_equal(encoder.prepare([wave]), [wave[30:70]])
+    short = encoder.prepare([wave[:10]])[0]  # Zero-padded around its centre.
+    np.testing.assert_array_equal(short[15:25], wave[:10])
+    assert not short[:15].any() and not short[25:].any()
+
+
 def python_blocks(text: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 

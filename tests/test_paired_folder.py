@@ -549,8 +549,9 @@ def _audio_folder(path: pathlib.Path, clips: list[tuple[int, int]]) -> pathlib.P
 
 
 def _clips(folder: pathlib.Path, dataset) -> list[tuple[dict, np.ndarray]]:
-    """(manifest row, record's clip) of every audio row."""
-    return [(row, dataset.pools["audio"][split][i]["audio"])
+    """(manifest row, its clip as evaluation reads it) of every audio row."""
+    return [(row, pipeline.to_input("audio", dataset.pools["audio"][split][i]["audio"],
+                                    dataset.clip_length))
             for split in ("train", "test")
             for i, row in enumerate(split_rows(folder, split, "audio"))]
 
@@ -561,6 +562,7 @@ def test_clips_keep_the_files_rate_and_are_centre_cropped_or_padded(tmp_path, ca
     ds = paired_folder.load_paired_folder(folder, data_dir=str(tmp_path / "tfds"),
                                           source="image", target="audio", audio_seconds=1.0)
     assert ds.audio_sample_rate == 8000 and "note:" not in capsys.readouterr().err
+    assert ds.clip_length == 8000 and ds.pools["audio"]["train"][0]["audio"].shape == (12000,)
     middles = {9001: slice(500, 8500), 12345: slice(2172, 10172), 8000: slice(0, 8000)}
     for row, clip in _clips(folder, ds):
         source = expected_audio(folder / row["audio"], 8000)
@@ -602,10 +604,11 @@ def test_a_changed_setting_rebuilds(tmp_path):
         builds = len(list((store / "paired_folder").iterdir()))
         return builds, ds.pairs["train"][0]["audio"].shape, ds.pairs["train"][0]["image"].shape
 
-    assert load(audio_seconds=1.0) == (1, (16000,), (16, 16, 3))
-    assert load(audio_seconds=0.5) == (2, (8000,), (16, 16, 3))
-    assert load(audio_seconds=1.0) == (2, (16000,), (16, 16, 3))  # Reused.
-    assert load(audio_seconds=1.0, resolution=8) == (3, (16000,), (8, 8, 3))
+    # Clips are stored with a quarter of `audio_seconds` either side (random crops).
+    assert load(audio_seconds=1.0) == (1, (24000,), (16, 16, 3))
+    assert load(audio_seconds=0.5) == (2, (12000,), (16, 16, 3))
+    assert load(audio_seconds=1.0) == (2, (24000,), (16, 16, 3))  # Reused.
+    assert load(audio_seconds=1.0, resolution=8) == (3, (24000,), (8, 8, 3))
 
 
 @pytest.mark.parametrize("settings, message", [

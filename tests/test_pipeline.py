@@ -138,3 +138,52 @@ def test_two_view_batches_give_different_views(tiny_sources):
 def test_batch_larger_than_data_is_an_error(tiny_sources):
     with pytest.raises(ValueError, match="batch size 1000 exceeds the 160 records"):
         pipeline.paired_batches(tiny_sources["test"], ("sketch",), 1000, 0)
+
+
+def _offset_in(window: np.ndarray, clip: np.ndarray) -> int:
+    """Where `window` starts in `clip` (it must be a contiguous part of it)."""
+    starts = [s for s in range(len(clip) - len(window) + 1)
+              if np.array_equal(clip[s:s + len(window)], window)]
+    assert len(starts) == 1
+    return starts[0]
+
+
+def test_clip_window_centre_margin_and_random_crops():
+    wave = np.arange(1, 101, dtype=np.float32)  # 100 samples, none zero.
+    np.testing.assert_array_equal(modalities.clip_window(wave, 40), wave[30:70])
+    np.testing.assert_array_equal(modalities.clip_window(wave, 41), wave[29:70])
+    stored = modalities.clip_window(wave, 40, margin=10)
+    np.testing.assert_array_equal(stored, wave[20:80])
+    np.testing.assert_array_equal(modalities.clip_window(stored, 40), wave[30:70])
+    short = modalities.clip_window(wave[:15], 40, margin=10)  # 12 zeros, clip, 13 zeros + 10.
+    assert short.shape == (60,) and np.flatnonzero(short)[[0, -1]].tolist() == [22, 36]
+    rng = np.random.default_rng(0)
+    offsets = {_offset_in(modalities.clip_window(stored, 40, rng), stored) for _ in range(200)}
+    assert offsets == set(range(21))  # Every window inside the stored clip, all drawn.
+    placed = [np.flatnonzero(modalities.clip_window(wave[:15], 40, rng))[0] for _ in range(200)]
+    assert set(placed) == set(range(26))  # A short clip whole, anywhere in the window.
+
+
+def test_clip_length_cuts_random_windows_in_training_and_the_centre_for_evaluation(
+        monkeypatch):
+    rng = np.random.default_rng(1)
+    clips = rng.uniform(-1, 1, (8, 60)).astype(np.float32)
+    records = [{"audio": c, "clip": c, "image": np.zeros((8, 8, 3), np.uint8), "index": i}
+               for i, c in enumerate(clips)]
+    evaluation = pipeline.load_arrays(records, ("audio",), clip_length=40)["audio"]
+    np.testing.assert_array_equal(evaluation, clips[:, 10:50])
+    assert pipeline.first_input(records, "audio", 40).shape == (40,)
+    assert pipeline.load_arrays(records, ("audio",))["audio"].shape == (8, 60)  # 0: as stored.
+    # A clip modality without audio's gain and shift shows the crops themselves.
+    monkeypatch.setitem(modalities.TABLE, "clip", modalities.Modality(
+        "clip", False, modalities.audio_input, window=modalities.clip_window))
+    batches = pipeline.paired_batches(records, ("image", "clip"), 8, seed=0, extra=("index",),
+                                      clip_length=40)
+    offsets = set()
+    for batch in (next(batches) for _ in range(5)):
+        assert batch["clip"].shape == (8, 40) and batch["image"].shape == (8, 8, 8, 3)
+        offsets |= {_offset_in(w, clips[i]) for w, i in zip(batch["clip"], batch["index"])}
+    assert len(offsets) > 5 and offsets <= set(range(21))
+    views = next(pipeline.two_view_batches(records, "clip", 8, seed=0, clip_length=40))
+    assert views["view1"].shape == views["view2"].shape == (8, 40)
+    assert not np.array_equal(views["view1"], views["view2"])  # Each view its own crop.

@@ -50,6 +50,8 @@ class Dataset:
     pairs: split -> records holding both the source and the target modality of one instance
         (stage 2 and retrieval); empty under label pairing, where stage 2 pairs each target
         record with a random source record of the same class, re-drawn every epoch.
+    clip_length: samples of an audio input; clips stored longer (with a margin either side)
+        are cut to it, at random in training (0: clips are used as stored).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Dataset:
     num_classes: int = 0
     has_mask: bool = False
     audio_sample_rate: float = 8000.0
+    clip_length: int = 0
     version: str = ""
 
     def __post_init__(self):

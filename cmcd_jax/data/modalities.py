@@ -6,7 +6,10 @@ that is cropped and flipped together with its pair (`spatial`; None: when its in
 strength)`; `strength` is SimCLR's `pretrain.colour_jitter`, 0 in the other stages), how the
 gap sweep degrades it (`corrupt(value, level, rng)`, level in (0, 1]) and which encoder front
 end reads it (`encoder`: 'image', the config's backbone on (H, W, C); 'audio', log-mel
-spectrograms into it). A name without an entry gets `generic(name)`. Register your own::
+spectrograms into it). A clip stored longer than the network's input (a paired folder's, with
+`data.audio_seconds`) is cut to it by `window(x, length, rng)`: the centre at evaluation, a
+random window in training (rng given); None: inputs are used as stored. A name without an
+entry gets `generic(name)`. Register your own::
 
     modalities.register(modalities.Modality("thermal", spatial=True))
 """
@@ -75,6 +78,21 @@ def augment_audio(rng: np.random.Generator, wave: np.ndarray, strength: float) -
     return np.roll(wave, shift) * rng.uniform(0.7, 1.3)
 
 
+def clip_window(wave: np.ndarray, length: int, rng: np.random.Generator | None = None,
+                margin: int = 0) -> np.ndarray:
+    """`length` samples of `wave` (zeros outside it), and `margin` more either side: its
+    centre (an odd surplus or shortfall falls at the end), or with `rng` a random window
+    (a random crop of a longer clip; a shorter one placed at random)."""
+    surplus = len(wave) - length
+    if rng is not None:
+        start = int(rng.integers(min(surplus, 0), max(surplus, 0) + 1))
+    else:
+        start = surplus // 2 if surplus >= 0 else -(-surplus // 2)
+    low, high = start - margin, start + length + margin
+    before = max(0, -low)
+    return np.pad(wave, (before, max(0, high - len(wave))))[low + before:high + before]
+
+
 def erase_strokes(value: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     """Each stroke pixel (any pixel unlike the background, the median value: light or dark
     strokes alike) erased with probability `level`."""
@@ -121,6 +139,7 @@ class Modality:
     augment: Callable = _no_augmentation
     corrupt: Callable = gaussian_noise
     encoder: str = "image"
+    window: Callable | None = None
 
     def is_spatial(self, x: np.ndarray) -> bool:
         """Whether input `x` of this modality is cropped and flipped with its pair."""
@@ -153,6 +172,7 @@ for _modality in (
         Modality("image", True, image_input, colour_jitter),
         Modality("sketch", True, corrupt=erase_strokes),
         Modality("depth", True, depth_input, depth_jitter, depth_noise),
-        Modality("audio", False, audio_input, augment_audio, white_noise, encoder="audio"),
+        Modality("audio", False, audio_input, augment_audio, white_noise, encoder="audio",
+                 window=clip_window),
         Modality("mask", True, to_input=np.asarray)):  # Class ids: kept as stored.
     register(_modality)

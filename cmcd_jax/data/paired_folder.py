@@ -19,8 +19,11 @@ Files become raw record fields as `cmcd_jax.data.datasets` describes them:
                                 averaged, resampled to `audio_sample_rate` (0: the files'
                                 rate; the highest, said in a note, when rates differ),
                                 clipped, then centre-cropped or zero-padded (centred) to
-                                `audio_seconds` (0: zero-padded at the end to the longest
-                                clip of the column in the folder)
+                                `audio_seconds` plus a margin of `CLIP_MARGIN` of it either
+                                side, from which training cuts a random window of
+                                `audio_seconds` and evaluation the centre one (the
+                                dataset's `clip_length`); 0: zero-padded at the end to the
+                                longest clip of the column in the folder, used as stored
 
 With `resolution` > 0 every image file (any column) and every depth and mask .npy is cropped
 to its centre square and resized to (resolution, resolution) (`cmcd_jax.data.spatial`):
@@ -63,10 +66,12 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from cmcd_jax import log
-from cmcd_jax.data import datasets, readers, spatial
+from cmcd_jax.data import datasets, modalities, readers, spatial
 
 MANIFEST = "manifest.csv"
-FORMAT = 2  # Bump whenever files are read differently: every cached build is redone.
+FORMAT = 3  # Bump whenever files are read differently: every cached build is redone.
+#: Clips are stored with this fraction of `audio_seconds` either side: room for random crops.
+CLIP_MARGIN = 0.25
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 EXTENSIONS = {"image": IMAGE_EXTENSIONS, "sketch": IMAGE_EXTENSIONS, "depth": (".npy",),
               "audio": (".wav",), "mask": (".png", ".npy")}
@@ -86,8 +91,8 @@ T = TypeVar("T")
 class Conversion:
     """How files become record fields: the side images and maps are cropped and resized to
     (0: their own size), the rate clips are resampled to (Hz; 0: the files' own, the highest
-    when they differ) and the duration each clip is centre-cropped or padded to (seconds; 0:
-    every clip padded at its end to the longest)."""
+    when they differ) and the duration of a network input (seconds; 0: every clip padded at
+    its end to the longest)."""
 
     resolution: int = 0
     audio_sample_rate: int = 0
@@ -95,8 +100,13 @@ class Conversion:
 
     @property
     def clip_length(self) -> int:
-        """Samples per clip (0: the longest clip's)."""
+        """Samples of a network input (0: every clip as stored)."""
         return round(self.audio_seconds * self.audio_sample_rate)
+
+    @property
+    def clip_margin(self) -> int:
+        """Samples stored either side of a clip's centre `clip_length`: room for crops."""
+        return round(CLIP_MARGIN * self.clip_length)
 
 
 def checked_conversion(resolution: int = 0, audio_sample_rate: int = 0,
@@ -324,18 +334,6 @@ def cache_key(manifest: Manifest, conversion: Conversion) -> str:
     return f"{folder[:40] or 'folder'}_{digest.hexdigest()[:16]}"
 
 
-def fit_clip(samples: np.ndarray, length: int) -> np.ndarray:
-    """`samples` centre-cropped or zero-padded (centred) to `length` (0: as they are); an odd
-    surplus or shortfall falls at the end."""
-    if not length:
-        return samples
-    if len(samples) >= length:
-        start = (len(samples) - length) // 2
-        return samples[start:start + length]
-    left = (length - len(samples)) // 2
-    return np.pad(samples, (left, length - len(samples) - left))
-
-
 def _class_map(array: np.ndarray) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"a mask must be a 2-D class map, not shape {array.shape}")
@@ -388,7 +386,8 @@ def read_file(column: str, file: pathlib.Path, conversion: Conversion) -> np.nda
     extension = file.suffix.lower()
     if extension == ".wav":
         samples = readers.resample(*readers.read_wav(file), conversion.audio_sample_rate)
-        return fit_clip(samples, conversion.clip_length)
+        length, margin = conversion.clip_length, conversion.clip_margin
+        return modalities.clip_window(samples, length, margin=margin) if length else samples
     if extension == ".npy":
         array = _array(column, np.load(file, allow_pickle=False))
     else:
@@ -561,7 +560,7 @@ def load_paired_folder(directory: str | os.PathLike, *,
     manifest = read_manifest(directory)
     check_request(manifest, source, target, pairing)
     builder = folder_builder(manifest, conversion, data_dir or None)
-    rate = builder.builder_config.conversion.audio_sample_rate
+    built = builder.builder_config.conversion  # At the clips' resolved rate.
     data = builder.as_data_source()
     rows = {split: manifest.split_rows(split) for split in manifest.splits}
     pools = {m: {s: datasets.Records(data[s], _indices(rows[s], (m,))) for s in rows}
@@ -571,7 +570,8 @@ def load_paired_folder(directory: str | os.PathLike, *,
     return datasets.Dataset(name="paired_folder", pools=pools, pairs=pairs, pairing=pairing,
                            num_classes=len(manifest.class_names),
                            has_mask=any("mask" in row.files for row in manifest.rows),
-                           audio_sample_rate=rate)
+                           audio_sample_rate=built.audio_sample_rate,
+                           clip_length=built.clip_length)
 
 
 def from_config(config) -> datasets.Dataset:

@@ -4,7 +4,9 @@ A data source is anything indexable that returns records (dicts of numpy arrays)
 `tfds.data_source(...)[split]`. Spatial modalities of one record share the same random crop
 and flip so that paired inputs stay aligned; then each modality gets its own augmentation
 (:mod:`cmcd_jax.data.modalities`: colour jitter of the image, contrast and offset of a depth
-map, gain and time shift of audio).
+map, gain and time shift of audio). `clip_length` > 0 (a dataset's `clip_length`): clips
+stored longer are cut to that many samples, a random window in training, the centre at
+evaluation.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from cmcd_jax.data import modalities
 TEACHER_OUT = "teacher_out"
 
 
-def to_input(modality: str, value: np.ndarray) -> np.ndarray:
+def to_input(modality: str, value: np.ndarray, clip_length: int = 0,
+             rng: np.random.Generator | None = None) -> np.ndarray:
     """Raw record field -> network input: the modality's `to_input` (float32 (H, W, C) for
-    images and maps, (T,) for audio; :mod:`cmcd_jax.data.modalities`)."""
-    return modalities.get(modality).to_input(value)
+    images and maps, (T,) for audio; :mod:`cmcd_jax.data.modalities`), then its `window` of
+    `clip_length` samples (random with `rng`) where it has one and `clip_length` > 0."""
+    entry = modalities.get(modality)
+    x = entry.to_input(value)
+    return entry.window(x, clip_length, rng) if clip_length and entry.window else x
 
 
 def is_spatial(modality: str, x: np.ndarray) -> bool:
@@ -31,9 +37,9 @@ def is_spatial(modality: str, x: np.ndarray) -> bool:
     return modalities.get(modality).is_spatial(x)
 
 
-def first_input(source, modality: str) -> np.ndarray:
+def first_input(source, modality: str, clip_length: int = 0) -> np.ndarray:
     """The prepared `modality` input of the first record: fixes a model's input shape."""
-    return to_input(modality, source[0][modality])
+    return to_input(modality, source[0][modality], clip_length)
 
 
 def crop_indices(rng: np.random.Generator, size: int, min_scale: float) -> tuple:
@@ -69,8 +75,10 @@ def augment_view(rng: np.random.Generator, inputs: dict, min_scale: float,
             for k, v in out.items()}, mirrored
 
 
-def _prepare(record: dict, modalities: Sequence[str]) -> dict:
-    return {m: to_input(m, record[m]) for m in modalities}
+def _prepare(record: dict, modalities: Sequence[str], clip_length: int,
+             rng: np.random.Generator) -> dict:
+    """A training record's inputs (random clip windows)."""
+    return {m: to_input(m, record[m], clip_length, rng) for m in modalities}
 
 
 def _batched(ds: grain.MapDataset, batch_size: int, seed: int,
@@ -89,12 +97,15 @@ def _batched(ds: grain.MapDataset, batch_size: int, seed: int,
 
 def two_view_batches(source, modality: str, batch_size: int, seed: int, *,
                      min_scale: float = 0.3, jitter: float = 0.4,
-                     shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
-    """SimCLR batches {'view1', 'view2'} of one modality, two independent augmentations."""
+                     shard: tuple[int, int] = (0, 1), clip_length: int = 0) -> Iterator[dict]:
+    """SimCLR batches {'view1', 'view2'} of one modality, two independent augmentations
+    (each its own clip window)."""
+    def view(record, rng):
+        return augment(rng, _prepare(record, [modality], clip_length, rng), min_scale,
+                       jitter)[modality]
+
     def two_views(record, rng):
-        x = _prepare(record, [modality])
-        return {"view1": augment(rng, x, min_scale, jitter)[modality],
-                "view2": augment(rng, x, min_scale, jitter)[modality]}
+        return {"view1": view(record, rng), "view2": view(record, rng)}
     ds = grain.MapDataset.source(source).random_map(two_views, seed=seed)
     return _batched(ds, batch_size, seed, shard)
 
@@ -102,10 +113,10 @@ def two_view_batches(source, modality: str, batch_size: int, seed: int, *,
 def paired_batches(source, modalities: Sequence[str], batch_size: int, seed: int, *,
                    indices: Sequence[int] | None = None, min_scale: float = 0.3,
                    jitter: float = 0.4, extra: Sequence[str] = (),
-                   shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+                   shard: tuple[int, int] = (0, 1), clip_length: int = 0) -> Iterator[dict]:
     """Batches of aligned, jointly augmented modalities (plus raw `extra` fields, e.g. label)."""
     def transform(record, rng):
-        out = augment(rng, _prepare(record, modalities), min_scale, jitter)
+        out = augment(rng, _prepare(record, modalities, clip_length, rng), min_scale, jitter)
         out.update({k: np.asarray(record[k]) for k in extra})
         return out
     ds = grain.MapDataset.source(source)
@@ -116,9 +127,11 @@ def paired_batches(source, modalities: Sequence[str], batch_size: int, seed: int
 
 def cached_teacher_batches(source, modalities: Sequence[str], table: np.ndarray,
                            batch_size: int, seed: int, *,
-                           shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+                           shard: tuple[int, int] = (0, 1),
+                           clip_length: int = 0) -> Iterator[dict]:
     """The batches of ``paired_batches(source, modalities, batch_size, seed, min_scale=1,
-    jitter=0)``, with the source input replaced by its frozen teacher's output.
+    jitter=0, clip_length=clip_length)``, with the source input replaced by its frozen
+    teacher's output.
 
     Un-cropped, the source's only augmentation is the shared random mirror, so
     ``table[i, m]`` (records x 2 x dim) holds the teacher's output on record ``i``'s
@@ -135,7 +148,8 @@ def cached_teacher_batches(source, modalities: Sequence[str], table: np.ndarray,
                          f"({len(source)}, 2, dim): one row per record, plain and mirrored")
 
     def transform(index, rng):
-        out, mirrored = augment_view(rng, _prepare(source[int(index)], modalities), 1.0, 0.0)
+        inputs = _prepare(source[int(index)], modalities, clip_length, rng)
+        out, mirrored = augment_view(rng, inputs, 1.0, 0.0)
         return {target: out[target], TEACHER_OUT: table[int(index), int(mirrored)]}
     ds = grain.MapDataset.range(len(source)).random_map(transform, seed=seed)
     return _batched(ds, batch_size, seed, shard)
@@ -148,7 +162,8 @@ def _subset(ds: grain.MapDataset, indices: Sequence[int]) -> grain.MapDataset:
 
 def label_paired_batches(targets, partners, source: str, target: str, batch_size: int,
                          seed: int, *, min_scale: float = 0.3,
-                         shard: tuple[int, int] = (0, 1)) -> Iterator[dict]:
+                         shard: tuple[int, int] = (0, 1),
+                         clip_length: int = 0) -> Iterator[dict]:
     """Batches pairing every `targets` record with a random `partners` record of the same
     class (its `source` field), drawn anew each epoch: pairs by label, not by instance."""
     by_class = class_indices(load_arrays(partners, (), ("label",))["label"])
@@ -159,8 +174,8 @@ def label_paired_batches(targets, partners, source: str, target: str, batch_size
             raise ValueError(f"class {label} has target records but no {source!r} record "
                              f"to pair with")
         partner = partners[int(rng.choice(by_class[label]))]
-        return {source: augment(rng, _prepare(partner, [source]), min_scale, 0.0)[source],
-                target: augment(rng, _prepare(record, [target]), min_scale, 0.0)[target]}
+        return {m: augment(rng, _prepare(r, [m], clip_length, rng), min_scale, 0.0)[m]
+                for m, r in ((source, partner), (target, record))}
     ds = grain.MapDataset.source(targets).random_map(transform, seed=seed)
     return _batched(ds, batch_size, seed, shard)
 
@@ -171,11 +186,12 @@ def class_indices(labels: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def load_arrays(source, modalities: Sequence[str], extra: Sequence[str] = (),
-                indices: Sequence[int] | None = None) -> dict:
-    """All (or the given) records, prepared without augmentation, stacked into arrays."""
+                indices: Sequence[int] | None = None, clip_length: int = 0) -> dict:
+    """All (or the given) records, prepared without augmentation (centre clip windows),
+    stacked into arrays."""
     indices = range(len(source)) if indices is None else indices
     records = [source[int(i)] for i in indices]
-    out = {m: np.stack([to_input(m, r[m]) for r in records]) for m in modalities}
+    out = {m: np.stack([to_input(m, r[m], clip_length) for r in records]) for m in modalities}
     out.update({k: np.stack([np.asarray(r[k]) for r in records]) for k in extra})
     return out
 

@@ -120,15 +120,17 @@ def distill_batches(config, dataset: datasets.Dataset, mesh, table: np.ndarray |
     if table is not None:
         return pipeline.cached_teacher_batches(dataset.pairs["train"], (source, target), table,
                                                batch_size, config.seed + 1,
-                                               shard=common.data_shard())
+                                               shard=common.data_shard(),
+                                               clip_length=dataset.clip_length)
     if dataset.pairing == "label":
         return pipeline.label_paired_batches(
             dataset.pools[target]["train"], dataset.pools[source]["train"], source, target,
             batch_size, config.seed + 1, min_scale=cfg.min_crop_scale,
-            shard=common.data_shard())
+            shard=common.data_shard(), clip_length=dataset.clip_length)
     return pipeline.paired_batches(
         dataset.pairs["train"], (source, target), batch_size, config.seed + 1,
-        min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
+        min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard(),
+        clip_length=dataset.clip_length)
 
 
 def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
@@ -151,7 +153,8 @@ def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, m
         spec=common.encoder_spec(config, modality, dataset),
         head=student_head(use_projection, config, teacher_meta), modality=modality,
         batches=distill_batches(config, dataset, mesh, table),
-        example=pipeline.first_input(dataset.pools[modality]["train"], modality),
+        example=pipeline.first_input(dataset.pools[modality]["train"], modality,
+                                     dataset.clip_length),
         stage_cfg=cfg, extra_args=(teacher_variables,),
         make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
                                                       use_projection, config.data.source,

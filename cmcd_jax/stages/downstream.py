@@ -46,9 +46,11 @@ def labelled(config, dataset: datasets.Dataset, modality: str, extra: tuple = ()
     test_labels = pipeline.load_arrays(pool["test"], (), ("label",))["label"]
     fields = ("label", *extra)
     return {"few_indices": few,
-            "train": pipeline.load_arrays(pool["train"], (modality,), fields, few),
+            "train": pipeline.load_arrays(pool["train"], (modality,), fields, few,
+                                          dataset.clip_length),
             "test": pipeline.load_arrays(pool["test"], (modality,), fields,
-                                         np.flatnonzero(test_labels >= 0))}
+                                         np.flatnonzero(test_labels >= 0),
+                                         dataset.clip_length)}
 
 
 def load_eval_data(config, dataset: datasets.Dataset) -> dict:
@@ -58,8 +60,8 @@ def load_eval_data(config, dataset: datasets.Dataset) -> dict:
     labels = ("label",) if dataset.num_classes else ()
     return {"target": labelled(config, dataset, target, ("mask",) if dataset.has_mask else ()),
             "source": labelled(config, dataset, source),
-            "pairs": None if pairs is None else pipeline.load_arrays(pairs, (source, target),
-                                                                     labels)}
+            "pairs": None if pairs is None else pipeline.load_arrays(
+                pairs, (source, target), labels, clip_length=dataset.clip_length)}
 
 
 def embed(model, variables, inputs: np.ndarray, batch_size: int = 500) -> tuple:
@@ -233,12 +235,14 @@ def run_supervised(config, name: str, workdir: pathlib.Path, dataset: datasets.D
     batches = pipeline.paired_batches(
         records, (modality,), common.per_process_batch(cfg.batch_size, mesh, f"{key}.batch_size"),
         config.seed + 2, indices=few, min_scale=cfg.min_crop_scale,
-        jitter=0.0, extra=("label",), shard=common.data_shard())
+        jitter=0.0, extra=("label",), shard=common.data_shard(),
+        clip_length=dataset.clip_length)
     export_dir = common.fit_and_export(
         f"downstream/{name}", workdir / "downstream" / name, config, mesh,
         spec=common.encoder_spec(config, modality, dataset),
         head={"kind": "linear", "num_classes": dataset.num_classes}, modality=modality,
-        batches=batches, example=pipeline.first_input(records, modality), stage_cfg=cfg,
+        batches=batches, example=pipeline.first_input(records, modality, dataset.clip_length),
+        stage_cfg=cfg,
         make_step=lambda model, tx: make_supervised_step(model, tx, modality),
         init_encoder=init_encoder)
     model, variables, _ = common.restore_model(export_dir, mesh)

@@ -52,13 +52,14 @@ def train_encoder(config, stage_dir: pathlib.Path, dataset: datasets.Dataset, me
     batches = pipeline.two_view_batches(
         records, modality,
         common.per_process_batch(cfg.batch_size, mesh, "pretrain.batch_size"), config.seed,
-        min_scale=cfg.min_crop_scale, jitter=cfg.colour_jitter, shard=common.data_shard())
+        min_scale=cfg.min_crop_scale, jitter=cfg.colour_jitter, shard=common.data_shard(),
+        clip_length=dataset.clip_length)
     loss_fn = parallel.sharded_loss(losses.nt_xent, mesh, temperature=cfg.temperature,
                                     chunk_size=cfg.loss_chunk_size or None)
     return common.fit_and_export(
         name, stage_dir, config, mesh, spec=common.encoder_spec(config, modality, dataset),
         head=head, modality=modality, batches=batches,
-        example=pipeline.first_input(records, modality), stage_cfg=cfg,
+        example=pipeline.first_input(records, modality, dataset.clip_length), stage_cfg=cfg,
         make_step=lambda model, tx: make_pretrain_step(model, tx, loss_fn))
 
 

@@ -16,6 +16,7 @@ Every metric a dataset cannot give (no labels, no pairs) is None.
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 
@@ -70,6 +71,27 @@ def embed(model, variables, inputs: np.ndarray, batch_size: int = 500) -> tuple:
                                                   for i in range(0, len(inputs), batch_size)))
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "learning_rate",
+                                             "weight_decay"))
+def fit_softmax(xs: jax.Array, ys: jax.Array, *, num_classes: int, steps: int,
+                learning_rate: float, weight_decay: float) -> dict:
+    """{'w', 'b'} of a softmax classifier on `xs` fit by `steps` full-batch AdamW steps from
+    zeros. The data are arguments, not constants of the compiled function: one compile
+    serves every probe of the same shapes."""
+    params = {"w": jnp.zeros((xs.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
+    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+    def loss_of(p):
+        logits = xs @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ys).mean()
+
+    def body(carry, _):
+        p, opt = carry
+        updates, opt = tx.update(jax.grad(loss_of)(p), opt, p)
+        return (optax.apply_updates(p, updates), opt), None
+    return jax.lax.scan(body, (params, tx.init(params)), length=steps)[0][0]
+
+
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
                  test_y: np.ndarray, *, steps: int, learning_rate: float,
                  weight_decay: float) -> float:
@@ -77,22 +99,8 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xs, xt = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    params = {"w": jnp.zeros((xs.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-    tx = optax.adamw(learning_rate, weight_decay=weight_decay)
-
-    def loss_of(p):
-        logits = xs @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, train_y).mean()
-
-    @jax.jit
-    def fit(params):
-        def body(carry, _):
-            p, opt = carry
-            updates, opt = tx.update(jax.grad(loss_of)(p), opt, p)
-            return (optax.apply_updates(p, updates), opt), None
-        return jax.lax.scan(body, (params, tx.init(params)), length=steps)[0][0]
-
-    params = fit(params)
+    params = fit_softmax(xs, train_y, num_classes=num_classes, steps=steps,
+                         learning_rate=learning_rate, weight_decay=weight_decay)
     return float(np.mean(np.argmax(xt @ params["w"] + params["b"], -1) == test_y))
 
 

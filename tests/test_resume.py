@@ -57,14 +57,36 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted_run(tmp_path, data_d
     assert loss_curve(workdir / "pretrain") == loss_curve(reference / "pretrain")
 
 
-def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir):
+def stop_after(workdir, data_dir, step):
+    """Runs until `step`, then SIGTERM: the run saves a checkpoint and exits 0."""
+    proc = start_main(workdir, data_dir, *OVERRIDES)
+    wait_for_step(workdir / "pretrain" / "metrics.jsonl", step, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, data_dir):
+    """The workdir of a run stopped by SIGTERM after pretrain step 7 (its log beside it);
+    tests resume copies of it."""
+    workdir = tmp_path_factory.mktemp("stopped") / "run"
+    stop_after(workdir, data_dir, 7)
+    return workdir
+
+
+def copy_of(stopped, tmp_path):
     workdir = tmp_path / "run"
-    stop_after(workdir, data_dir, 4)
-    log = (tmp_path / "run.log").read_text()
+    shutil.copytree(stopped, workdir, symlinks=True)
+    return workdir
+
+
+def test_sigterm_saves_at_step_boundary_and_exits_zero(tmp_path, data_dir, stopped):
+    log = stopped.with_name("run.log").read_text()
     assert "stopped by SIGTERM after step" in log and "rerun the same command" in log
     step = int(log.split("stopped by SIGTERM after step ")[1].split(";")[0])
-    assert (workdir / "pretrain" / "ckpt" / str(step)).is_dir()
-    assert not (workdir / "pretrain" / "export").exists()
+    assert (stopped / "pretrain" / "ckpt" / str(step)).is_dir()
+    assert not (stopped / "pretrain" / "export").exists()
+    workdir = copy_of(stopped, tmp_path)
     resumed = run_main(workdir, data_dir, *OVERRIDES)
     assert resumed.returncode == 0 and f"resuming from step {step}" in resumed.stderr
 
@@ -85,19 +107,10 @@ def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path, dat
     assert not (workdir / "pretrain" / "export").exists()
 
 
-def stop_after(workdir, data_dir, step):
-    """Runs until `step`, then SIGTERM: the run saves a checkpoint and exits 0."""
-    proc = start_main(workdir, data_dir, *OVERRIDES)
-    wait_for_step(workdir / "pretrain" / "metrics.jsonl", step, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0
-
-
 @pytest.mark.parametrize("damage", ["flip_bytes", "truncate", "truncate_manifest"])
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data_dir,
-                                                                  reference, damage):
-    workdir = tmp_path / "run"
-    stop_after(workdir, data_dir, 7)
+                                                                  reference, stopped, damage):
+    workdir = copy_of(stopped, tmp_path)
     ckpt = workdir / "pretrain" / "ckpt"
     steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
     assert len(steps) == 2

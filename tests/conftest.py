@@ -75,6 +75,23 @@ def run_main(workdir, data_dir, *overrides, devices: int = 1,
                           timeout=600)
 
 
+#: Overrides of the tiny quickstart that the two-process test runs (with methods=cmc).
+MULTI_DEVICE_OVERRIDES = ("--config.distill.steps=16", "--config.log_every=1",
+                          "--config.checkpoint.every=1000")
+
+
+@pytest.fixture(scope="session")
+def eight_device_run(tmp_path_factory, data_dir) -> pathlib.Path:
+    """The workdir of one finished tiny run of cmc and target_only on 8 devices: the
+    quickstart's multi-device check and the two-process test's reference (one run for both,
+    the cost is the run)."""
+    workdir = tmp_path_factory.mktemp("eight_devices") / "run"
+    proc = run_main(workdir, data_dir, "--config.methods=cmc,target_only",
+                    *MULTI_DEVICE_OVERRIDES, devices=8)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
 def start_main(workdir, data_dir, *overrides) -> subprocess.Popen:
     """Starts the smoke-test command in the background (stderr to workdir.log)."""
     args, env = main_command(workdir, data_dir, *overrides)

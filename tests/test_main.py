@@ -173,10 +173,8 @@ def test_teacher_from_another_workdir_skips_pretraining(tmp_path, data_dir):
         "encodes 'image', but config.data.source='depth'")
 
 
-def test_quickstart_runs_unchanged_on_eight_devices(tmp_path, data_dir):
-    proc = run_main(tmp_path / "run", data_dir, "--config.methods=cmc,target_only", devices=8)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
+def test_quickstart_runs_unchanged_on_eight_devices(eight_device_run):
+    results = json.loads((eight_device_run / "results.json").read_text())
     assert set(results["methods"]) == {"cmc", "target_only"}
 
 

@@ -7,7 +7,7 @@ initialises jax.distributed itself and its CPU devices talk through gloo. Proces
 under umask 077, so a file it creates is told apart from process 0's by its mode.
 
 One module-scoped scenario (the runs are the cost): one process with 8 devices runs to the
-end; two processes start, process 1 gets a SIGTERM mid-distillation, both stop, and the
+end (the session's `eight_device_run`, which also runs target_only); two processes start, process 1 gets a SIGTERM mid-distillation, both stop, and the
 same two commands are run again to finish.
 """
 
@@ -19,10 +19,9 @@ import subprocess
 
 import pytest
 
-from conftest import REPO, main_command, run_main, wait_for_step
+from conftest import MULTI_DEVICE_OVERRIDES, REPO, main_command, wait_for_step
 
-OVERRIDES = ("--config.methods=cmc", "--config.distill.steps=16", "--config.log_every=1",
-             "--config.checkpoint.every=1000")
+OVERRIDES = ("--config.methods=cmc", *MULTI_DEVICE_OVERRIDES)
 STAGES = ("pretrain", "distill/cmc")
 # What every process writes by design: its part of orbax checkpoints and exports, and its
 # grain iterator's position (under ckpt/).
@@ -60,11 +59,8 @@ def finish(procs, workdir, attempt: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory, data_dir) -> dict:
-    root = tmp_path_factory.mktemp("multiprocess")
-    one = run_main(root / "one", data_dir, *OVERRIDES, devices=8)
-    assert one.returncode == 0, one.stderr[-3000:]
-    workdir = root / "two"
+def scenario(tmp_path_factory, data_dir, eight_device_run) -> dict:
+    workdir = tmp_path_factory.mktemp("multiprocess") / "two"
     procs = start_two_processes(workdir, data_dir, attempt=1)
     wait_for_step(workdir / "distill" / "cmc" / "metrics.jsonl", 3, procs[0])
     procs[1].send_signal(signal.SIGTERM)
@@ -72,7 +68,7 @@ def scenario(tmp_path_factory, data_dir) -> dict:
     step = int(stopped[0].split("stopped by SIGTERM after step ")[1].split(";")[0])
     saved = {p.name for p in (workdir / "distill" / "cmc" / "ckpt").iterdir()}
     finished = finish(start_two_processes(workdir, data_dir, attempt=2), workdir, attempt=2)
-    return dict(one=root / "one", two=workdir, stopped=stopped, step=step, saved=saved,
+    return dict(one=eight_device_run, two=workdir, stopped=stopped, step=step, saved=saved,
                 finished=finished)
 
 

@@ -124,9 +124,10 @@ def make_step(name: str, batch: int, seed: int = 0, cached_teacher: bool = False
         return (teacher.init(key_t, source_inputs[:1], train=False),
                 common.TrainState.create(student_variables, tx))
 
-    loss_fn = functools.partial(losses.cmc_loss, temperature=TEMPERATURE, symmetric=True)
-    step = distill.make_distill_step(student, teacher, tx, loss_fn, True, SOURCE, TARGET,
-                                     cached_teacher=cached_teacher)
+    objective = distill.Objective(functools.partial(losses.cmc_loss, temperature=TEMPERATURE,
+                                                    symmetric=True))
+    step = distill.make_distill_step(student, teacher, tx, objective, source=SOURCE,
+                                     target=TARGET, cached_teacher=cached_teacher)
     return jax.jit(step, donate_argnums=0), init, inputs
 
 

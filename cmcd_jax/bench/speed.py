@@ -1,10 +1,10 @@
 """Speed of one CMCD distillation step, side by side with the PyTorch reference.
 
-    python -m cmcd_jax.benchmark --model resnet18 --batch 64 [--steps 5] [--warmup 2]
+    python -m cmcd_jax.bench.speed --model resnet18 --batch 64 [--steps 5] [--warmup 2]
         [--repeats 1] [--teacher online|cached]
         [--vs-torch [--torch-python PY] [--torch-script PATH] [--torch-threads N]]
-    python -m cmcd_jax.benchmark --mode input [--config-name 32] [--data-dir DIR] ...
-    python -m cmcd_jax.benchmark --mode stage [--stage-steps 20] ...
+    python -m cmcd_jax.bench.speed --mode input [--config-name 32] [--data-dir DIR] ...
+    python -m cmcd_jax.bench.speed --mode stage [--stage-steps 20] ...
 
 ``--mode step`` (default) builds the two models and the step of
 ``shared/bench/torch_reference.py`` in JAX: a frozen teacher (eval mode) on a 32x32x3 source
@@ -75,7 +75,7 @@ TEMPERATURE = 0.07
 SOURCE, TARGET = "image", "sketch"
 INPUT_SHAPES = {SOURCE: (32, 32, 3), TARGET: (32, 32, 1)}
 PEAK_MATMUL_SIZE = 2048
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_reference.py"
 
 
@@ -365,7 +365,7 @@ def bench_stage(args: argparse.Namespace, emit: Callable[[dict], None]) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m cmcd_jax.benchmark",
+    ap = argparse.ArgumentParser(prog="python -m cmcd_jax.bench.speed",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=MODES, default="step")
     ap.add_argument("--model", choices=MODELS, default="resnet18")

@@ -41,7 +41,7 @@ the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's st
 projection head and AdamW schedule, not the reference's linear head and optimizer.
 
 Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output
-(with :mod:`cmcd_jax.xla_defaults` added, as ``python -m cmcd_jax.main`` adds them).
+(with :mod:`cmcd_jax.cpu.xla_flags` added, as ``python -m cmcd_jax.main`` adds them).
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax import losses, xla_defaults
+from cmcd_jax import losses
+from cmcd_jax.cpu import xla_flags
+from cmcd_jax.cpu.conv import fast_weight_grad_default
 from cmcd_jax.data import pipeline
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, make_encoder
-from cmcd_jax.models.conv import fast_weight_grad_default
 from cmcd_jax.stages import common, distill
 
 MODELS = ("resnet18", "vit_t4")
@@ -150,7 +151,7 @@ def compile_step(step: Callable, *args: Any) -> tuple[Callable, float, float]:
     """``(compiled step, compile seconds, FLOPs per call XLA counts in the compiled step)``.
 
     XLA counts a loop body once, so this undercounts the scanned weight-gradient taps of
-    :mod:`cmcd_jax.models.conv`; :func:`model_flops` does not.
+    :mod:`cmcd_jax.cpu.conv`; :func:`model_flops` does not.
     """
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -404,5 +405,5 @@ def main(argv: Sequence[str] | None = None, **encoder_kwargs: Any) -> list[dict]
 
 
 if __name__ == "__main__":
-    xla_defaults.apply()  # Before JAX creates its backends.
+    xla_flags.apply()  # Before JAX creates its backends.
     main()

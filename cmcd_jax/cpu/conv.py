@@ -18,7 +18,7 @@ and the ``K*K`` results are stacked to HWIO. Two forms, chosen by shape:
 
 How much this wins depends on who runs XLA's convolutions: with jaxlib 0.10's default
 (YNNPACK) the kernel gradient is ~5x the forward and the custom one ~2x faster; with
-:mod:`cmcd_jax.xla_defaults` (XLA's own Eigen convolutions, as ``python -m cmcd_jax.main``
+:mod:`cmcd_jax.cpu.xla_flags` (XLA's own Eigen convolutions, as ``python -m cmcd_jax.main``
 runs) XLA's kernel gradient is ~1.6x its forward, and the auto rule below still made the
 ResNet-18 benchmark step a little faster than XLA's gradient everywhere (32.5 vs 30.3 samples/s).
 

@@ -17,10 +17,11 @@ Each repeat prints one JSON line with the reference's fields (``framework, versi
 batch, threads, step_sec_median, samples_per_sec``) plus ``compile_sec``,
 ``flops_per_sample`` (the model's FLOPs: XLA's cost analysis of the step with plain-autodiff
 convolutions, per sample), ``achieved_flops_per_sec``, ``peak_flops_per_sec`` (a 2048^3
-fp32 matmul measured right after each timed window), ``utilization`` (their ratio) and ``compiled_flops_per_sample``
-(XLA's count for the compiled step, which counts loop bodies once). ``--vs-torch`` first runs the reference with ``--torch-python``
-(default: this interpreter; skipped with a note when it cannot import torch) and adds its
-line as ``torch`` and ``ratio`` = ours / torch samples/s. ``--teacher cached`` times the step
+fp32 matmul measured right after each timed window), ``utilization`` (their ratio) and
+``compiled_flops_per_sample`` (XLA's count for the compiled step, which counts loop bodies
+once). ``--vs-torch`` first runs the reference with ``--torch-python`` (default: this
+interpreter; skipped with a note when it cannot import torch) and adds its line as ``torch``
+and ``ratio`` = ours / torch samples/s. ``--teacher cached`` times the step
 without the teacher's forward, its outputs coming with the batch as in the distill stage with
 ``distill.cache_teacher`` (the reference still runs its teacher: that ratio is not like for
 like); ``teacher`` in the record says which. On a loaded machine torch's
@@ -37,8 +38,25 @@ as the distill stage builds it) and reports ``batches_per_sec`` against the step
 in a temporary workdir, reads ``distill/cmc/metrics.jsonl`` and reports the median
 ``examples_per_sec`` of the logged intervals after the first (which includes compilation)
 against the bare step (``ratio`` = stage / step); with ``--teacher cached`` both run with
-the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's student has the config's
-projection head and AdamW schedule, not the reference's linear head and optimizer.
+the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's student has the
+config's projection head and AdamW schedule, not the reference's linear head and optimizer.
+
+Last measured (the README's Speed table: a quiet 2-core AMD EPYC, batch 64, ``--repeats 2
+--vs-torch [--teacher cached]``). Runs of the same code vary by up to ~10% from process to
+process and from day to day (one commit's ResNet-18 step measured 29.1-29.2 samples/s, and
+32.5-32.8 in a rerun), so read ranges, not digits; the table's resnet18 row spans two sessions
+(33.1-33.5 against torch's 41.3-44.5, and a day later 30.6-33.4 against 43.9-44.3). FLOPs per
+sample: resnet18 3.86 G (2.90 G with the cached teacher), vit_t4 2.90 G (2.17 G). The ViT-T/4
+step went from 37.7-38.5 to 40.9-41.2 samples/s with the erf GELU and the split q, k, v of
+:mod:`cmcd_jax.models.vit`. The whole distill stage runs at 0.99-1.05x the bare step (``--mode
+stage``; resnet18 with ``--stage-steps 20``: 40.8 examples/s with the cached teacher, 33.4
+without), and the input pipeline delivers 55x the batches the step consumes (``--mode input``).
+Dropping the crops for the cached teacher cost nothing measurable on image -> sketch
+(``configs/compare.py`` with ``--config.methods=cmc --config.distill.cache_teacher=True
+--config.distill.min_crop_scale=1``, 3 seeds: probe 31.5 ± 0.2, retrieval 2.6 ± 0.7, against
+31.6 ± 0.6 and 2.7 ± 0.3 with crops). bf16 does not pay on this CPU: YNNPACK's bf16 matmul runs
+at 1.9x fp32's rate (336 vs 179 GFLOP/s), but the ViT-T/4 step in bf16 ran at 33-36 samples/s
+against 41 in fp32.
 
 Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output
 (with :mod:`cmcd_jax.cpu.xla_flags` added, as ``python -m cmcd_jax.main`` adds them).

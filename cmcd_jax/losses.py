@@ -26,8 +26,8 @@ With ``chunk_size=c`` the (gathered) columns are streamed in blocks of ``c`` thr
 the forward and the backward pass only hold ``[n, c]`` logit blocks (besides the
 ``[N, D]`` gathered embeddings and their gradient). Positive logits are row-wise dot
 products. ``c`` must divide the number of columns (``N``; ``2N`` for ``nt_xent``).
-Results equal the naive path's up to float rounding. ``python -m
-cmcd_jax.memory_benchmark`` compares the compiled per-device memory of both paths.
+Results equal the naive path's up to float rounding. ``python -m cmcd_jax.bench.memory``
+compares the compiled per-device memory of both paths.
 """
 
 from __future__ import annotations

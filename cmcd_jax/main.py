@@ -36,8 +36,8 @@ def main(argv) -> None:
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     logging.set_verbosity(logging.WARNING)  # orbax and tfds log every file at INFO.
-    from cmcd_jax import xla_defaults
-    xla_defaults.apply()  # Before JAX creates its backends.
+    from cmcd_jax.cpu import xla_flags
+    xla_flags.apply()  # Before JAX creates its backends.
     from cmcd_jax import experiment, log  # Heavy imports only once the flags are parsed.
     from cmcd_jax.stages.common import Preempted
     try:

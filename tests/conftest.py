@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from cmcd_jax import xla_defaults
+from cmcd_jax.cpu import xla_flags
 
-xla_defaults.apply()  # In-process tests run with the flags the entry points use.
+xla_flags.apply()  # In-process tests run with the flags the entry points use.
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command-line tests compile the same programs again and again: share XLA's results.

@@ -5,6 +5,7 @@ Expected values come from independent computations: the inputs of every BatchNor
 captured with `nn.intercept_methods` and reduced in float64 numpy.
 """
 
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -255,11 +256,13 @@ def socket_setup():
     """Teacher (non-trivial running stats), student, state and batch on a 1-device mesh."""
     rng = np.random.default_rng(6)
     mesh = parallel.make_mesh(1)
-    config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0}})
-    loss_fn, use_projection = distill.method_loss("socket", config, mesh)
-    assert use_projection is False  # SOCKET regresses the teacher's backbone features
+    config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0,
+                                                    "socket": {"statistics_weight": 0.7}}})
+    objective = distill.method_objective("socket", config, mesh)
+    # SOCKET regresses the teacher's backbone features, with the configured statistics weight
+    assert (objective.teacher_output, objective.statistics_weight) == ("features", 0.7)
     teacher = common.build_model(SPEC, {"kind": "projection", "hidden_dim": 8, "out_dim": 4})
-    head = distill.student_head(use_projection, None, {"feature_dim": 8})
+    head = distill.student_head(objective.teacher_output, None, {"feature_dim": 8})
     student = common.build_model(SPEC, head)
     batch = {"source": rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
              "target": rng.normal(0.3, 1.5, size=(8, 8, 8, 1)).astype(np.float32)}
@@ -268,11 +271,12 @@ def socket_setup():
     tx = common.make_optimizer(ml_collections.ConfigDict(
         dict(learning_rate=1e-2, weight_decay=1e-4, warmup_steps=0)), 10)
     state = common.TrainState.create(s_vars, tx)
-    weight = 0.7
+    weight = objective.statistics_weight
     results = {}
     for w in (0.0, weight):
-        step = jax.jit(distill.make_distill_step(student, teacher, tx, loss_fn, use_projection,
-                                                 "source", "target", statistics_weight=w))
+        step = jax.jit(distill.make_distill_step(
+            student, teacher, tx, dataclasses.replace(objective, statistics_weight=w),
+            source="source", target="target"))
         results[w] = step(state, t_vars, batch)
     return dict(student=student, teacher=teacher, state=state, t_vars=t_vars, batch=batch,
                 weight=weight, results=results)
@@ -329,11 +333,13 @@ def test_socket_step_with_a_deeper_student_matches_the_stage_ends(socket_setup):
     variables = random_variables(student, s["batch"]["target"][:1], 13)
     tx = optax.sgd(0.0)
     state = common.TrainState.create(variables, tx)
-    config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0}})
-    loss_fn, _ = distill.method_loss("socket", config, parallel.make_mesh(1))
+    config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0,
+                                                    "socket": {"statistics_weight": 1.0}}})
+    objective = distill.method_objective("socket", config, parallel.make_mesh(1))
     loss = {w: float(jax.jit(distill.make_distill_step(
-        student, s["teacher"], tx, loss_fn, False, "source", "target",
-        statistics_weight=w))(state, s["t_vars"], s["batch"])[1]["loss"]) for w in (0.0, 1.0)}
+        student, s["teacher"], tx, dataclasses.replace(objective, statistics_weight=w),
+        source="source", target="target"))(state, s["t_vars"], s["batch"])[1]["loss"])
+            for w in (0.0, 1.0)}
     _, inputs = bn_inputs(lambda: student.apply(variables, s["batch"]["target"], train=True,
                                                 mutable=["batch_stats"]))
     moments = batch_moments({k.split("/")[-1]: v for k, v in inputs.items()
@@ -352,8 +358,9 @@ def test_socket_with_a_batch_norm_free_encoder_is_a_clear_error():
     student = common.build_model(spec, {"kind": "linear", "num_classes": 8})
     x, y = jnp.ones((4, 8, 8, 3)), jnp.ones((4, 8, 8, 1))
     tx = optax.sgd(0.1)
-    step = distill.make_distill_step(student, teacher, tx, losses.l2_align, False, "source",
-                                     "target", statistics_weight=1.0)
+    step = distill.make_distill_step(student, teacher, tx,
+                                     distill.Objective(losses.l2_align, "features", 1.0),
+                                     source="source", target="target")
 
     def first_step():  # traced only
         t_vars = common.init_variables(teacher, jax.random.key(0), x[:1])
@@ -395,14 +402,15 @@ t_vars = variables(teacher, batches[0]["source"][:1])
 s_vars = variables(student, batches[0]["target"][:1])
 tx = common.make_optimizer(ml_collections.ConfigDict(
     dict(learning_rate=1e-2, weight_decay=1e-4, warmup_steps=0)), 10)
-config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0}})
+config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0,
+                                                "socket": {"statistics_weight": 0.5}}})
 out = {}
 for n in (1, 8):
     mesh = parallel.make_mesh(n)
-    loss_fn, use_proj = distill.method_loss("socket", config, mesh)
+    objective = distill.method_objective("socket", config, mesh)
     state = parallel.replicate(common.TrainState.create(s_vars, tx), mesh)
-    step = jax.jit(distill.make_distill_step(student, teacher, tx, loss_fn, use_proj,
-                                             "source", "target", statistics_weight=0.5),
+    step = jax.jit(distill.make_distill_step(student, teacher, tx, objective,
+                                             source="source", target="target"),
                    out_shardings=parallel.replicated(mesh))
     losses = []
     for b in batches:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from cmcd_jax import benchmark
+from cmcd_jax.bench import speed
 from cmcd_jax.models import ENCODERS, IMAGE_ENCODERS, ViT
 from cmcd_jax.models.vit import Dense, PatchEmbed, SelfAttention, dense_matmul, gelu, patchify
 from conftest import assert_close
@@ -47,10 +47,10 @@ def fake_torch_python(tmp_path):
 @pytest.mark.parametrize("model, teacher", [("resnet18", "online"), ("vit_t4", "cached")])
 def test_step_harness_prints_every_field(model, teacher, fake_torch_python, monkeypatch,
                                          capsys):
-    monkeypatch.setattr(benchmark, "PEAK_MATMUL_SIZE", 128)
-    records = benchmark.main(["--model", model, "--batch", "4", "--steps", "2", "--warmup", "1",
-                              "--teacher", teacher, "--vs-torch", "--torch-python",
-                              fake_torch_python], **TINY[model])
+    monkeypatch.setattr(speed, "PEAK_MATMUL_SIZE", 128)
+    records = speed.main(["--model", model, "--batch", "4", "--steps", "2", "--warmup", "1",
+                          "--teacher", teacher, "--vs-torch", "--torch-python",
+                          fake_torch_python], **TINY[model])
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(records) == 1
     record = json.loads(lines[0])
@@ -68,31 +68,32 @@ def test_missing_torch_skips_the_reference(tmp_path, capsys):
     no_torch = tmp_path / "no_torch_python"
     no_torch.write_text("#!/bin/sh\nexit 1\n")
     no_torch.chmod(0o755)
-    assert benchmark.run_torch(str(no_torch), benchmark.TORCH_SCRIPT, "resnet18", 2, 1, 1) is None
+    assert speed.run_torch(str(no_torch), speed.TORCH_SCRIPT, "resnet18", 2, 1, 1) is None
     assert "cannot import torch" in capsys.readouterr().err
 
 
 def test_reference_optimizers_match_torch_update_rules():
     params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([0.5, 0.25])}
-    sgd = benchmark.make_tx("resnet18")
+    sgd = speed.make_tx("resnet18")
     updates, _ = sgd.update(grads, sgd.init(params), params)
     assert_close(updates["w"], -0.05 * (grads["w"] + 5e-4 * params["w"]))
-    adamw = benchmark.make_tx("vit_t4")
+    adamw = speed.make_tx("vit_t4")
     updates, _ = adamw.update(grads, adamw.init(params), params)
     first = grads["w"] / (jnp.abs(grads["w"]) + 1e-8)  # Adam's bias-corrected first step.
     np.testing.assert_allclose(updates["w"], -1e-3 * (first + 0.05 * params["w"]), rtol=1e-5)
 
 
 def test_cached_teacher_step_has_no_teacher_forward():
-    online = benchmark.model_flops("resnet18", 4, **TINY["resnet18"])
-    cached = benchmark.model_flops("resnet18", 4, True, **TINY["resnet18"])
+    online = speed.model_flops("resnet18", 4, **TINY["resnet18"])
+    cached = speed.model_flops("resnet18", 4, True, **TINY["resnet18"])
     # The teacher's forward is about a third of a student train step (forward + backward).
     assert 0.15 < 1 - cached / online < 0.35
 
 
 def test_stage_command_config_builds_the_model(tmp_path):
-    args = benchmark.parse_args(["--mode", "stage", "--model", "vit_t4", "--stage-steps", "8"])
-    command = benchmark.stage_command(tmp_path, args)
+    assert (speed.REPO / "cmcd_jax" / "main.py").is_file()  # The stage runs from the repo root.
+    args = speed.parse_args(["--mode", "stage", "--model", "vit_t4", "--stage-steps", "8"])
+    command = speed.stage_command(tmp_path, args)
     assert "--config.distill.steps=8" in command and "--config.log_every=2" in command
     spec = importlib.util.spec_from_file_location("bench_config", tmp_path / "bench_config.py")
     config_module = importlib.util.module_from_spec(spec)
@@ -100,7 +101,7 @@ def test_stage_command_config_builds_the_model(tmp_path):
     config = config_module.get_config()
     assert (config.model.encoder, config.model.encoder_kwargs.to_dict(),
             config.model.target_encoder_kwargs.to_dict()) == ("vit_t4", {}, {})
-    cached = benchmark.stage_command(tmp_path, benchmark.parse_args(
+    cached = speed.stage_command(tmp_path, speed.parse_args(
         ["--mode", "stage", "--teacher", "cached"]))
     assert cached[-2:] == ["--config.distill.cache_teacher=True",
                            "--config.distill.min_crop_scale=1"]
@@ -118,7 +119,7 @@ def reference_vit_t4_params(in_ch: int, width=192, depth=12, mlp=768, patch=4, s
 
 @pytest.mark.parametrize("in_ch", [1, 3])
 def test_vit_t4_parameter_count_equals_reference(in_ch):
-    model = benchmark.build_model("vit_t4")
+    model = speed.build_model("vit_t4")
     x = jnp.zeros((1, 32, 32, in_ch))
     variables = jax.eval_shape(lambda: model.init(RNG, x, train=False))
     assert set(variables) == {"params"}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-import cmcd_jax.models.conv as conv_lib
+import cmcd_jax.cpu.conv as conv_lib
 from cmcd_jax.models import ConvNet, ResNet
-from cmcd_jax.models.conv import Conv, conv2d, fast_weight_grad_default, use_fast_weight_grad
+from cmcd_jax.cpu.conv import Conv, conv2d, fast_weight_grad_default, use_fast_weight_grad
 from conftest import assert_close
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -1,5 +1,6 @@
 """cmcd_jax.data without import cycles: every module imports alone, the contract imports no
-loader, and `sources.LOADERS` resolves every dataset name to its loader."""
+loader, and `sources.LOADERS` resolves every dataset name to its loader. The models import the
+CPU layer in one place, and it imports no model."""
 
 import ast
 import graphlib
@@ -14,7 +15,8 @@ from cmcd_jax import defaults
 from cmcd_jax.data import recipes, sources
 from conftest import REPO
 
-DATA = REPO / "cmcd_jax" / "data"
+PACKAGE = REPO / "cmcd_jax"
+DATA = PACKAGE / "data"
 MODULES = sorted(p.stem for p in DATA.glob("*.py") if p.stem != "__init__")
 # The modules loaders build on, and the only data modules each may import.
 FOUNDATIONS = {"datasets": set(), "readers": set(), "spatial": set(), "render": set(),
@@ -33,17 +35,18 @@ def imported_alone(module: str) -> set[str]:
     return {m.rpartition(".")[2] for m in loaded if m.startswith("cmcd_jax.data.")}
 
 
-def data_imports(path: pathlib.Path) -> set[str]:
-    """The cmcd_jax.data modules `path` imports anywhere, function bodies included."""
+def package_imports(path: pathlib.Path, package: str = "cmcd_jax.data") -> set[str]:
+    """The modules of `package` (a subpackage of cmcd_jax) that `path` imports anywhere,
+    function bodies included."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "cmcd_jax.data":
+        if isinstance(node, ast.ImportFrom) and node.module == package:
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cmcd_jax.data."):
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(f"{package}."):
             names.add(node.module.split(".")[2])
         elif isinstance(node, ast.Import):
             names.update(alias.name.split(".")[2] for alias in node.names
-                         if alias.name.startswith("cmcd_jax.data."))
+                         if alias.name.startswith(f"{package}."))
     return names
 
 
@@ -55,10 +58,18 @@ def test_every_data_module_imports_alone(module):
 
 
 def test_data_modules_and_the_registry_form_no_cycle():
-    graph = {module: data_imports(DATA / f"{module}.py") for module in MODULES}
+    graph = {module: package_imports(DATA / f"{module}.py") for module in MODULES}
     graph["sources"] |= {target.partition(":")[0].rpartition(".")[2]
                          for target in sources.LOADERS.values()}
     graphlib.TopologicalSorter(graph).prepare()  # CycleError names a cycle.
+
+
+def test_the_encoders_alone_import_the_cpu_layer_and_it_imports_no_model():
+    users = {path.stem: package_imports(path, "cmcd_jax.cpu")
+             for path in (PACKAGE / "models").glob("*.py")}
+    assert {module: used for module, used in users.items() if used} == {"encoders": {"conv"}}
+    assert not any(package_imports(path, "cmcd_jax.models")
+                   for path in (PACKAGE / "cpu").glob("*.py"))
 
 
 def test_every_registered_loader_resolves_and_every_recipe_is_registered():

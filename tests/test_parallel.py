@@ -31,9 +31,9 @@ out = {}
 for method in ("cmc", "cmd", "l2"):
     for n in (1, 2, 4, 8):
         mesh = parallel.make_mesh(n)
-        loss_fn, use_proj = distill.method_loss(method, config(method), mesh)
-        head = distill.student_head(use_proj, config(method), {"head": {"out_dim": 8},
-                                                               "feature_dim": 16})
+        objective = distill.method_objective(method, config(method), mesh)
+        head = distill.student_head(objective.teacher_output, config(method),
+                                    {"head": {"out_dim": 8}, "feature_dim": 16})
         student = common.build_model(spec, head)
         s_vars = common.init_variables(student, jax.random.key(2),
                                        jnp.asarray(batches[0]["target"][:1]))
@@ -41,8 +41,8 @@ for method in ("cmc", "cmd", "l2"):
             dict(learning_rate=1e-2, weight_decay=1e-4, warmup_steps=0)), 10)
         state = parallel.replicate(common.TrainState.create(s_vars, tx), mesh)
         teacher_vars = parallel.replicate(t_vars, mesh)
-        step = jax.jit(distill.make_distill_step(student, teacher, tx, loss_fn, use_proj,
-                                                 "source", "target"),
+        step = jax.jit(distill.make_distill_step(student, teacher, tx, objective,
+                                                 source="source", target="target"),
                        out_shardings=parallel.replicated(mesh))
         losses = []
         for b in batches:

@@ -57,20 +57,21 @@ def cache_setup(tiny_sources):
                 student_vars=student_vars, train=tiny_sources["train"])
 
 
-@pytest.mark.parametrize("use_projection", [True, False])
+@pytest.mark.parametrize("teacher_output", ["projection", "features"])
 def test_teacher_table_holds_the_outputs_on_each_source_and_its_mirror(cache_setup,
-                                                                       use_projection):
+                                                                       teacher_output):
     s = cache_setup
     records = [s["train"][i] for i in range(40)]
     table = distill.teacher_table(s["teacher"], s["teacher_vars"], records, "image",
-                                  use_projection, chunk=16)
-    assert table.shape == (40, 2, 4 if use_projection else 8) and table.dtype == np.float32
+                                  teacher_output, chunk=16)
+    width = 4 if teacher_output == "projection" else 8
+    assert table.shape == (40, 2, width) and table.dtype == np.float32
     for i in (0, 17, 39):  # one record at a time, outside the chunking
         x = pipeline.to_input("image", records[i]["image"])
         for mirrored, view in enumerate((x, x[:, ::-1])):
             features, projection = s["teacher"].apply(s["teacher_vars"], view[None],
                                                       train=False)
-            expected = projection if use_projection else features
+            expected = projection if teacher_output == "projection" else features
             assert_close(table[i, mirrored], np.asarray(expected)[0])
 
 
@@ -79,18 +80,18 @@ def test_cached_steps_train_the_student_as_the_teacher_forward_does(cache_setup)
     mesh = parallel.make_mesh(1)
     config = ml_collections.ConfigDict({"distill": {"loss_chunk_size": 0, "cmc": {
         "temperature": 0.1, "symmetric": True}}})
-    loss_fn, use_projection = distill.method_loss("cmc", config, mesh)
+    objective = distill.method_objective("cmc", config, mesh)
     tx = common.make_optimizer(ml_collections.ConfigDict(
         dict(learning_rate=1e-2, weight_decay=1e-4, warmup_steps=0)), 10)
     table = distill.teacher_table(s["teacher"], s["teacher_vars"], s["train"], "image",
-                                  use_projection, chunk=160)
+                                  objective.teacher_output, chunk=160)
     batches = {False: pipeline.paired_batches(s["train"], PAIR, 32, 3, min_scale=1.0,
                                               jitter=0.0),
                True: pipeline.cached_teacher_batches(s["train"], PAIR, table, 32, 3)}
     losses, params = {}, {}
     for cached, source in batches.items():
-        step = jax.jit(distill.make_distill_step(s["student"], s["teacher"], tx, loss_fn,
-                                                 use_projection, "image", "sketch",
+        step = jax.jit(distill.make_distill_step(s["student"], s["teacher"], tx, objective,
+                                                 source="image", target="sketch",
                                                  cached_teacher=cached))
         state = common.TrainState.create(s["student_vars"], tx)
         losses[cached] = []

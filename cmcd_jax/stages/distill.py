@@ -8,8 +8,10 @@ stored running statistics).
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -21,22 +23,37 @@ from cmcd_jax.models.encoders import BN_MOMENTUM
 from cmcd_jax.stages import common
 
 
-def method_loss(method: str, config, mesh):
-    """(per-device-sharded loss(student_out, teacher_target), whether the target is the
-    teacher's projection (True) or its backbone features (False))."""
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a student is trained on: its `loss` (student_out, teacher_out) -> scalar, the
+    teacher output it matches (`teacher_output`: 'projection' or 'features') and the weight
+    of SOCKET's BatchNorm-statistics term (0: none)."""
+    loss: Callable
+    teacher_output: str = "projection"
+    statistics_weight: float = 0.0
+
+
+def method_objective(method: str, config, mesh) -> Objective:
+    """The :class:`Objective` that `method` declares, its loss sharded over `mesh`."""
     spec = methods.get(method)
     if not spec.distils:
         raise ValueError(f"method {method!r} trains no student (it trains {spec.trains!r})")
-    return (parallel.sharded_loss(spec.loss(config), mesh),
-            spec.teacher_output == "projection")
+    return Objective(parallel.sharded_loss(spec.loss(config), mesh), spec.teacher_output,
+                     spec.statistics_weight(config))
 
 
-def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_fn,
-                      use_projection: bool, source: str, target: str,
-                      statistics_weight: float = 0.0, cached_teacher: bool = False):
+def matched_output(teacher_output: str, features, projection):
+    """The teacher output a student matches: its `projection` or its backbone `features`."""
+    return projection if teacher_output == "projection" else features
+
+
+def make_distill_step(student, teacher, tx: optax.GradientTransformation,
+                      objective: Objective, *, source: str, target: str,
+                      cached_teacher: bool = False):
     """A pure step: frozen teacher forward on `batch[source]`, student update on
-    `batch[target]`; `statistics_weight` > 0 adds SOCKET's BatchNorm-statistics term
-    (the student's batch statistics against the teacher's running ones).
+    `batch[target]` towards `objective` (with its statistics weight > 0, SOCKET's
+    BatchNorm-statistics term: the student's batch statistics against the teacher's
+    running ones).
 
     `cached_teacher`: the batch carries the teacher's output as `batch[TEACHER_OUT]`
     (:func:`cmcd_jax.data.pipeline.cached_teacher_batches`) and the forward is skipped."""
@@ -45,7 +62,8 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
         if cached_teacher:
             return batch[pipeline.TEACHER_OUT]
         features, projection = teacher.apply(teacher_variables, batch[source], train=False)
-        return jax.lax.stop_gradient(projection if use_projection else features)
+        out = matched_output(objective.teacher_output, features, projection)
+        return jax.lax.stop_gradient(out)
 
     def distill_step(state: common.TrainState, teacher_variables: dict, batch: dict):
         teacher_out = teacher_output(teacher_variables, batch)
@@ -53,8 +71,8 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
         def loss_of(params):
             (_, out), batch_stats = common.apply_train_mode(student, params, state.batch_stats,
                                                             batch[target])
-            loss = loss_fn(out, teacher_out)
-            if statistics_weight:
+            loss = objective.loss(out, teacher_out)
+            if objective.statistics_weight:
                 if "encoder" not in state.batch_stats:
                     raise ValueError("the socket baseline matches BatchNorm statistics, and "
                                      "this encoder has no BatchNorm layer (config.model.encoder)")
@@ -62,8 +80,8 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
                     state.batch_stats["encoder"], batch_stats["encoder"], BN_MOMENTUM)
                 teacher_stats = losses.statistics_pairs(
                     teacher_variables["batch_stats"]["encoder"])
-                loss += statistics_weight * losses.socket_statistics_loss(student_stats,
-                                                                          teacher_stats)
+                loss += objective.statistics_weight * losses.socket_statistics_loss(
+                    student_stats, teacher_stats)
             return loss, batch_stats
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
@@ -72,10 +90,10 @@ def make_distill_step(student, teacher, tx: optax.GradientTransformation, loss_f
     return distill_step
 
 
-def student_head(use_projection: bool, config, teacher_meta: dict) -> dict:
+def student_head(teacher_output: str, config, teacher_meta: dict) -> dict:
     """A projection head into the teacher's embedding space, or a linear map onto its
     backbone features (the L2 baseline's regressor)."""
-    if use_projection:
+    if teacher_output == "projection":
         return {"kind": "projection", "hidden_dim": config.model.proj_hidden_dim,
                 "out_dim": teacher_meta["head"]["out_dim"]}
     return {"kind": "linear", "num_classes": teacher_meta["feature_dim"]}
@@ -98,7 +116,7 @@ def check_cacheable(config) -> None:
 
 
 def teacher_table(teacher, teacher_variables: dict, records, source: str,
-                  use_projection: bool, chunk: int = 256) -> np.ndarray:
+                  teacher_output: str, chunk: int = 256) -> np.ndarray:
     """(records, 2, dim) float32: the frozen teacher's output (projection or backbone
     features) on every record's `source` input, plain and mirrored (left-right)."""
     def both_views():  # Record by record: plain, mirrored; a chunk of records at a time.
@@ -108,7 +126,7 @@ def teacher_table(teacher, teacher_variables: dict, records, source: str,
             yield np.stack([x, x[:, :, ::-1]], 1).reshape(-1, *x.shape[1:])
 
     features, projection = common.embed_chunks(teacher, teacher_variables, both_views())
-    out = projection if use_projection else features
+    out = matched_output(teacher_output, features, projection)
     return out.reshape(len(records), 2, -1).astype(np.float32)
 
 
@@ -137,25 +155,24 @@ def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, m
         teacher_dir: pathlib.Path) -> pathlib.Path:
     """Distils into the target encoder with `method` unless its export exists."""
     cfg, modality = config.distill, config.data.target
-    loss_fn, use_projection = method_loss(method, config, mesh)
+    objective = method_objective(method, config, mesh)
     teacher, teacher_variables, teacher_meta = common.restore_model(teacher_dir, mesh)
-    weight = methods.get(method).statistics_weight(config)
     stage_dir = workdir / "distill" / method
     table = None
     if cfg.cache_teacher and not checkpoints.export_complete(stage_dir / "export"):
         start = time.perf_counter()
         table = teacher_table(teacher, teacher_variables, dataset.pairs["train"],
-                              config.data.source, use_projection)
+                              config.data.source, objective.teacher_output)
         log.say(f"[distill/{method}] teacher outputs cached: {table.shape[0]} records x 2 views "
                 f"in {time.perf_counter() - start:.1f}s")
     return common.fit_and_export(
         f"distill/{method}", stage_dir, config, mesh,
         spec=common.encoder_spec(config, modality, dataset),
-        head=student_head(use_projection, config, teacher_meta), modality=modality,
+        head=student_head(objective.teacher_output, config, teacher_meta), modality=modality,
         batches=distill_batches(config, dataset, mesh, table),
         example=pipeline.first_input(dataset.pools[modality]["train"], modality,
                                      dataset.clip_length),
         stage_cfg=cfg, extra_args=(teacher_variables,),
-        make_step=lambda model, tx: make_distill_step(model, teacher, tx, loss_fn,
-                                                      use_projection, config.data.source,
-                                                      modality, weight, table is not None))
+        make_step=lambda model, tx: make_distill_step(
+            model, teacher, tx, objective, source=config.data.source, target=modality,
+            cached_teacher=table is not None))

@@ -1,10 +1,10 @@
 """Speed of one CMCD distillation step, side by side with the PyTorch reference.
 
-    python -m cmcd_jax.benchmark --model resnet18 --batch 64 [--steps 5] [--warmup 2]
+    python -m cmcd_jax.bench.speed --model resnet18 --batch 64 [--steps 5] [--warmup 2]
         [--repeats 1] [--teacher online|cached]
         [--vs-torch [--torch-python PY] [--torch-script PATH] [--torch-threads N]]
-    python -m cmcd_jax.benchmark --mode input [--config-name 32] [--data-dir DIR] ...
-    python -m cmcd_jax.benchmark --mode stage [--stage-steps 20] ...
+    python -m cmcd_jax.bench.speed --mode input [--config-name 32] [--data-dir DIR] ...
+    python -m cmcd_jax.bench.speed --mode stage [--stage-steps 20] ...
 
 ``--mode step`` (default) builds the two models and the step of
 ``shared/bench/torch_reference.py`` in JAX: a frozen teacher (eval mode) on a 32x32x3 source
@@ -17,10 +17,11 @@ Each repeat prints one JSON line with the reference's fields (``framework, versi
 batch, threads, step_sec_median, samples_per_sec``) plus ``compile_sec``,
 ``flops_per_sample`` (the model's FLOPs: XLA's cost analysis of the step with plain-autodiff
 convolutions, per sample), ``achieved_flops_per_sec``, ``peak_flops_per_sec`` (a 2048^3
-fp32 matmul measured right after each timed window), ``utilization`` (their ratio) and ``compiled_flops_per_sample``
-(XLA's count for the compiled step, which counts loop bodies once). ``--vs-torch`` first runs the reference with ``--torch-python``
-(default: this interpreter; skipped with a note when it cannot import torch) and adds its
-line as ``torch`` and ``ratio`` = ours / torch samples/s. ``--teacher cached`` times the step
+fp32 matmul measured right after each timed window), ``utilization`` (their ratio) and
+``compiled_flops_per_sample`` (XLA's count for the compiled step, which counts loop bodies
+once). ``--vs-torch`` first runs the reference with ``--torch-python`` (default: this
+interpreter; skipped with a note when it cannot import torch) and adds its line as ``torch``
+and ``ratio`` = ours / torch samples/s. ``--teacher cached`` times the step
 without the teacher's forward, its outputs coming with the batch as in the distill stage with
 ``distill.cache_teacher`` (the reference still runs its teacher: that ratio is not like for
 like); ``teacher`` in the record says which. On a loaded machine torch's
@@ -37,11 +38,28 @@ as the distill stage builds it) and reports ``batches_per_sec`` against the step
 in a temporary workdir, reads ``distill/cmc/metrics.jsonl`` and reports the median
 ``examples_per_sec`` of the logged intervals after the first (which includes compilation)
 against the bare step (``ratio`` = stage / step); with ``--teacher cached`` both run with
-the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's student has the config's
-projection head and AdamW schedule, not the reference's linear head and optimizer.
+the cached teacher (the stage with ``distill.min_crop_scale=1``). The stage's student has the
+config's projection head and AdamW schedule, not the reference's linear head and optimizer.
+
+Last measured (the README's Speed table: a quiet 2-core AMD EPYC, batch 64, ``--repeats 2
+--vs-torch [--teacher cached]``). Runs of the same code vary by up to ~10% from process to
+process and from day to day (one commit's ResNet-18 step measured 29.1-29.2 samples/s, and
+32.5-32.8 in a rerun), so read ranges, not digits; the table's resnet18 row spans two sessions
+(33.1-33.5 against torch's 41.3-44.5, and a day later 30.6-33.4 against 43.9-44.3). FLOPs per
+sample: resnet18 3.86 G (2.90 G with the cached teacher), vit_t4 2.90 G (2.17 G). The ViT-T/4
+step went from 37.7-38.5 to 40.9-41.2 samples/s with the erf GELU and the split q, k, v of
+:mod:`cmcd_jax.models.vit`. The whole distill stage runs at 0.99-1.05x the bare step (``--mode
+stage``; resnet18 with ``--stage-steps 20``: 40.8 examples/s with the cached teacher, 33.4
+without), and the input pipeline delivers 55x the batches the step consumes (``--mode input``).
+Dropping the crops for the cached teacher cost nothing measurable on image -> sketch
+(``configs/compare.py`` with ``--config.methods=cmc --config.distill.cache_teacher=True
+--config.distill.min_crop_scale=1``, 3 seeds: probe 31.5 ± 0.2, retrieval 2.6 ± 0.7, against
+31.6 ± 0.6 and 2.7 ± 0.3 with crops). bf16 does not pay on this CPU: YNNPACK's bf16 matmul runs
+at 1.9x fp32's rate (336 vs 179 GFLOP/s), but the ViT-T/4 step in bf16 ran at 33-36 samples/s
+against 41 in fp32.
 
 Set XLA flags through the ``XLA_FLAGS`` environment variable; they are echoed in the output
-(with :mod:`cmcd_jax.xla_defaults` added, as ``python -m cmcd_jax.main`` adds them).
+(with :mod:`cmcd_jax.cpu.xla_flags` added, as ``python -m cmcd_jax.main`` adds them).
 """
 
 from __future__ import annotations
@@ -62,10 +80,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cmcd_jax import losses, xla_defaults
+from cmcd_jax import losses
+from cmcd_jax.cpu import xla_flags
+from cmcd_jax.cpu.conv import fast_weight_grad_default
 from cmcd_jax.data import pipeline
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, make_encoder
-from cmcd_jax.models.conv import fast_weight_grad_default
 from cmcd_jax.stages import common, distill
 
 MODELS = ("resnet18", "vit_t4")
@@ -75,7 +94,7 @@ TEMPERATURE = 0.07
 SOURCE, TARGET = "image", "sketch"
 INPUT_SHAPES = {SOURCE: (32, 32, 3), TARGET: (32, 32, 1)}
 PEAK_MATMUL_SIZE = 2048
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TORCH_SCRIPT = REPO.parent / "shared" / "bench" / "torch_reference.py"
 
 
@@ -124,9 +143,10 @@ def make_step(name: str, batch: int, seed: int = 0, cached_teacher: bool = False
         return (teacher.init(key_t, source_inputs[:1], train=False),
                 common.TrainState.create(student_variables, tx))
 
-    loss_fn = functools.partial(losses.cmc_loss, temperature=TEMPERATURE, symmetric=True)
-    step = distill.make_distill_step(student, teacher, tx, loss_fn, True, SOURCE, TARGET,
-                                     cached_teacher=cached_teacher)
+    objective = distill.Objective(functools.partial(losses.cmc_loss, temperature=TEMPERATURE,
+                                                    symmetric=True))
+    step = distill.make_distill_step(student, teacher, tx, objective, source=SOURCE,
+                                     target=TARGET, cached_teacher=cached_teacher)
     return jax.jit(step, donate_argnums=0), init, inputs
 
 
@@ -149,7 +169,7 @@ def compile_step(step: Callable, *args: Any) -> tuple[Callable, float, float]:
     """``(compiled step, compile seconds, FLOPs per call XLA counts in the compiled step)``.
 
     XLA counts a loop body once, so this undercounts the scanned weight-gradient taps of
-    :mod:`cmcd_jax.models.conv`; :func:`model_flops` does not.
+    :mod:`cmcd_jax.cpu.conv`; :func:`model_flops` does not.
     """
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
@@ -364,7 +384,7 @@ def bench_stage(args: argparse.Namespace, emit: Callable[[dict], None]) -> dict:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m cmcd_jax.benchmark",
+    ap = argparse.ArgumentParser(prog="python -m cmcd_jax.bench.speed",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--mode", choices=MODES, default="step")
     ap.add_argument("--model", choices=MODELS, default="resnet18")
@@ -403,5 +423,5 @@ def main(argv: Sequence[str] | None = None, **encoder_kwargs: Any) -> list[dict]
 
 
 if __name__ == "__main__":
-    xla_defaults.apply()  # Before JAX creates its backends.
+    xla_flags.apply()  # Before JAX creates its backends.
     main()

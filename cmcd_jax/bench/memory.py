@@ -1,6 +1,6 @@
 """Compiled per-device memory of the sharded contrastive losses: naive vs chunked.
 
-    python -m cmcd_jax.memory_benchmark [--loss cmc|cmd|nt_xent] [--chunk_size 512]
+    python -m cmcd_jax.bench.memory [--loss cmc|cmd|nt_xent] [--chunk_size 512]
 
 For each global batch it compiles (never runs, no data is allocated) the jitted
 ``value_and_grad`` w.r.t. the first (student) embeddings of the loss wrapped by
@@ -63,7 +63,8 @@ def _memory(loss_name: str, num_devices: int, global_batch: int, dim: int,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cmcd_jax.bench.memory",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--loss", choices=("cmc", "cmd", "nt_xent"), default="cmc")
     p.add_argument("--chunk_size", type=int, default=512)
     p.add_argument("--batches", type=int, nargs="+", default=[1024, 4096, 16384])

@@ -6,7 +6,7 @@ reductions are fast, but its convolutions are ~1.8x slower than XLA's own (Eigen
 x86: a 3x3 conv 64->64 on 32x32 maps, batch 64, takes 50 ms through YNNPACK and 28 ms
 without (2-core AMD EPYC). Keeping YNNPACK for reductions only (BatchNorm statistics) makes
 the ResNet-18 distillation step ~10% faster and leaves the ViT step as fast or faster
-(``python -m cmcd_jax.benchmark``). XLA aborts on a flag it does not know, so the flags are
+(``python -m cmcd_jax.bench.speed``). XLA aborts on a flag it does not know, so the flags are
 added only for the jaxlib releases they were measured on; a flag the user sets in
 ``XLA_FLAGS`` always wins.
 """

@@ -18,7 +18,7 @@ and the ``K*K`` results are stacked to HWIO. Two forms, chosen by shape:
 
 How much this wins depends on who runs XLA's convolutions: with jaxlib 0.10's default
 (YNNPACK) the kernel gradient is ~5x the forward and the custom one ~2x faster; with
-:mod:`cmcd_jax.xla_defaults` (XLA's own Eigen convolutions, as ``python -m cmcd_jax.main``
+:mod:`cmcd_jax.cpu.xla_flags` (XLA's own Eigen convolutions, as ``python -m cmcd_jax.main``
 runs) XLA's kernel gradient is ~1.6x its forward, and the auto rule below still made the
 ResNet-18 benchmark step a little faster than XLA's gradient everywhere (32.5 vs 30.3 samples/s).
 
@@ -39,6 +39,24 @@ Whether a conv uses the custom gradient is decided when it is traced
    XLA's convolution is as fast.
 
 A function jitted before the default changes keeps the choice it was traced with.
+
+Where ResNet-18's step is slower than PyTorch's (oneDNN) on a 2-core AMD EPYC (the README's
+Speed table): the frozen teacher's forward takes 0.44 s against ~0.40 s in torch, the
+student's forward + backward ~1.55-1.75 s against ~1.2 s, most of it in XLA's (Eigen's)
+convolutions. A 3x3 convolution's forward runs at 170-210 GFLOP/s, the rate XLA's matmuls reach
+there (195-215 GFLOP/s), while oneDNN's reach 230-270 GFLOP/s on the same shapes (8x8x256,
+batch 64: 24.4 vs 18.8 ms). What did not pay: Eigen already runs oneDNN's sgemm on small blocks
+(``ONEDNN_VERBOSE=1`` lists its ``gemm_api`` calls), and jaxlib 0.10's oneDNN switches
+(``--xla_cpu_use_onednn``, ``--xla_cpu_experimental_onednn_custom_call``, with or without
+``--xla_cpu_use_thunk_runtime=false``, ``--xla_cpu_experimental_onednn_fusion_type=dot,eltwise``)
+run no oneDNN convolution and leave the times unchanged; a Winograd F(2x2, 3x3) convolution
+written in JAX loses on 32x32 and 16x16 maps (its input transform writes 4x the activation:
+60-70 ms against the convolution's 28) and wins the 8x8 forward only in some processes
+(14.5-15.4 vs 22.7-24.4 ms, 23.8 in another); a hand-written one-pass BatchNorm backward gained
+nothing measurable (BatchNorm's statistics cost ~6% of the step, measured by swapping it for a
+plain affine map). The stride-phase input gradient (27 vs 51 ms and 16 vs 29 ms on the 16x16
+and 8x8 output maps) took the step from 31.4-32.5 to 32.2-33.4 samples/s in runs alternating
+the two commits (1885-1922 vs 1924-1940 ms per step in one process).
 """
 
 from __future__ import annotations

@@ -8,12 +8,12 @@ stored running statistics).
 
 from __future__ import annotations
 
-import pathlib
 import time
 
 import jax
 import numpy as np
 import optax
+from etils import epath
 
 from cmcd_jax import checkpoints, log, losses, methods, parallel
 from cmcd_jax.data import datasets, modalities, pipeline
@@ -131,8 +131,8 @@ def distill_batches(config, dataset: datasets.Dataset, mesh, table: np.ndarray |
         min_scale=cfg.min_crop_scale, jitter=0.0, shard=common.data_shard())
 
 
-def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-        teacher_dir: pathlib.Path) -> pathlib.Path:
+def run(config, method: str, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+        teacher_dir: epath.Path) -> epath.Path:
     """Distils into the target encoder with `method` unless its export exists."""
     cfg, modality = config.distill, config.data.target
     loss_fn, use_projection = method_loss(method, config, mesh)

@@ -14,7 +14,7 @@ import hashlib
 import inspect
 import json
 import logging
-import pathlib
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -23,20 +23,21 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
-from cmcd_jax import log, parallel
+from cmcd_jax import log, parallel, paths
 
 META_FILE = "meta.json"
 T = TypeVar("T")
 
 
-def export_complete(directory: str | pathlib.Path) -> bool:
-    return (pathlib.Path(directory) / META_FILE).is_file()
+def export_complete(directory: str | os.PathLike) -> bool:
+    return (epath.Path(directory) / META_FILE).is_file()
 
 
-def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> pathlib.Path:
+def export_encoder(directory: str | os.PathLike, variables, meta: dict) -> epath.Path:
     """Writes `variables` and `meta` to `directory` (which must not hold an export yet)."""
-    directory = pathlib.Path(directory).absolute()
+    directory = paths.absolute(directory)
     if export_complete(directory):
         raise FileExistsError(f"{directory} already holds an export; refusing to overwrite it")
     with ocp.StandardCheckpointer() as ckptr:
@@ -49,8 +50,8 @@ def export_encoder(directory: str | pathlib.Path, variables, meta: dict) -> path
     return directory
 
 
-def read_meta(directory: str | pathlib.Path) -> dict:
-    path = pathlib.Path(directory) / META_FILE
+def read_meta(directory: str | os.PathLike) -> dict:
+    path = epath.Path(directory) / META_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no encoder export at {directory} (missing {META_FILE})")
     try:
@@ -81,11 +82,11 @@ def check_shapes(stored, expected, directory) -> None:
                              f"{stored_leaves[name]}, the model expects {tuple(leaf.shape)}")
 
 
-def restore_encoder(directory: str | pathlib.Path, abstract_variables):
+def restore_encoder(directory: str | os.PathLike, abstract_variables):
     """Restores an export into the structure (and shardings) of `abstract_variables`;
     a ValueError names the export when its variables are missing, unreadable or not the
     ones its meta.json fingerprinted."""
-    path = pathlib.Path(directory).absolute() / "variables"
+    path = paths.absolute(directory) / "variables"
     expected = read_meta(directory).get("sha256")
     with ocp.StandardCheckpointer() as ckptr:
         try:
@@ -169,12 +170,12 @@ def fingerprint(tree) -> str:
     return digest.hexdigest()
 
 
-def train_checkpoints(directory: str | pathlib.Path, every: int,
+def train_checkpoints(directory: str | os.PathLike, every: int,
                       keep: int) -> ocp.CheckpointManager:
     """A manager of periodic train-state + data-iterator checkpoints under `directory`."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every)
     return ocp.CheckpointManager(
-        pathlib.Path(directory).absolute(), options=options,
+        paths.absolute(directory), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),
                        "fingerprint": ocp.JsonCheckpointHandler()})

@@ -16,9 +16,7 @@ import json
 import math
 import operator
 import os
-import pathlib
 import re
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +25,10 @@ from typing import IO
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 import cmcd_jax
-from cmcd_jax import checkpoints, log, losses, methods, parallel
+from cmcd_jax import checkpoints, log, losses, methods, parallel, paths
 from cmcd_jax.analysis import plots
 from cmcd_jax.data import datasets, sources
 from cmcd_jax.models import IMAGE_ENCODERS
@@ -76,19 +75,20 @@ def check_positive(config) -> None:
                              f"{'> 0' if isinstance(value, int) else 'finite and > 0'}")
 
 
-REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def check_local_paths(config, workdir) -> None:
-    """Remote paths (gs://, s3://) are refused naming the flag or key: `pathlib` would turn
-    gs://bucket/run into the local directory gs:/bucket/run."""
+def check_paths(config, workdir) -> None:
+    """Fails naming the flag or key, before any work, on a remote path (gs://...) that no
+    installed package can read or write, and on a remote `data.dir` (a paired folder is read
+    from local files; its TFDS build goes to `data.data_dir`, which may be remote)."""
     named = {"--workdir": workdir, "config.data.data_dir": config.data.data_dir,
-             "config.data.dir": config.data.dir,
              "config.distill.teacher_export": config.distill.teacher_export}
     for name, value in named.items():
-        if REMOTE.match(str(value)):
-            raise ValueError(f"{name}={str(value)!r}: remote paths are not supported yet; use a "
-                             f"local directory (a bucket mounted with gcsfuse works)")
+        problem = paths.backend_problem(str(value))
+        if problem:
+            raise ValueError(f"{name}={str(value)!r}: {problem}")
+    if paths.is_remote(config.data.dir):
+        raise ValueError(f"config.data.dir={config.data.dir!r}: a paired folder must be "
+                         f"local; copy it to this machine (its TFDS build goes to "
+                         f"config.data.data_dir, which may be remote)")
 
 
 def check_config(config) -> None:
@@ -123,7 +123,7 @@ def check_config(config) -> None:
     check_positive(config)
     gap_levels(config)
     distill.check_cacheable(config)
-    if config.data.dir and not pathlib.Path(config.data.dir).is_dir():
+    if config.data.dir and not epath.Path(config.data.dir).is_dir():
         raise ValueError(f"config.data.dir={config.data.dir!r}: no such directory")
 
 
@@ -133,7 +133,7 @@ def check_batch_sizes(config, mesh) -> None:
         parallel.check_batch_size(config[stage].batch_size, mesh, f"config.{stage}.batch_size")
 
 
-def check_teacher(teacher_dir: pathlib.Path, config) -> None:
+def check_teacher(teacher_dir: epath.Path, config) -> None:
     """The teacher export must exist and encode the source modality."""
     meta = checkpoints.read_meta(teacher_dir)
     if meta["modality"] != config.data.source:
@@ -157,7 +157,7 @@ def is_run_entry(name: str) -> bool:
             or re.fullmatch(r"seed_-?\d+|gap_[0-9.e+-]+", name) is not None)
 
 
-def is_marked(workdir: pathlib.Path) -> bool:
+def is_marked(workdir: epath.Path) -> bool:
     """Whether `workdir` holds the marker a run writes when it claims its workdir."""
     try:
         return json.loads((workdir / MARKER).read_text())["project"] == "cmcd_jax"
@@ -165,7 +165,7 @@ def is_marked(workdir: pathlib.Path) -> bool:
         return False
 
 
-def run_entries(workdir: pathlib.Path) -> list[pathlib.Path]:
+def run_entries(workdir: epath.Path) -> list[epath.Path]:
     """The top-level entries of the run in `workdir`; a ValueError when the workdir is not
     marked as a cmcd_jax run or holds anything a run does not write."""
     if not is_marked(workdir):
@@ -180,21 +180,21 @@ def run_entries(workdir: pathlib.Path) -> list[pathlib.Path]:
     return entries
 
 
-def saved_work(entries: list[pathlib.Path]) -> list[pathlib.Path]:
+def saved_work(entries: list[epath.Path]) -> list[epath.Path]:
     """What a run saved under `entries`: results, method rows, exports and checkpoints."""
-    def is_saved(path: pathlib.Path) -> bool:
+    def is_saved(path: epath.Path) -> bool:
         return (path.name in ("results.json", "row.json")
                 or (path.name == checkpoints.META_FILE and path.parent.name == "export")
                 or (path.parent.name == "ckpt" and path.name.isdigit()))
-    found = [p for e in entries if e.is_dir() for p in e.rglob("*") if is_saved(p)]
+    found = [p for e in entries if e.is_dir() for p in paths.tree(e) if is_saved(p)]
     return sorted(found + [e for e in entries if is_saved(e)])
 
 
-def kept_teachers(old: dict, config, workdir: pathlib.Path) -> set[pathlib.Path]:
+def kept_teachers(old: dict, config, workdir: epath.Path) -> set[epath.Path]:
     """Entries holding a teacher that `config` would reuse: `pretrain` when the old run
     trained the same teacher there, or the entry holding `distill.teacher_export`."""
     if config.distill.teacher_export:
-        export, root = pathlib.Path(config.distill.teacher_export).resolve(), workdir.resolve()
+        export, root = paths.resolved(config.distill.teacher_export), paths.resolved(workdir)
         inside = export.relative_to(root).parts if export.is_relative_to(root) else ()
         return {workdir / inside[0]} if inside else set()
     return {workdir / "pretrain"} if pretrain.same_teacher(old, config) else set()
@@ -204,10 +204,10 @@ class WorkdirInUse(OSError):
     """Another process holds the workdir's lock."""
 
 
-def locked_file(path: pathlib.Path) -> IO[str]:
-    """`path` opened and locked (an exclusive, non-blocking flock): WorkdirInUse naming the
-    process written in it when another holds the lock; opened again when its holder removed
-    it between our open and our lock."""
+def locked_file(path: epath.Path) -> IO[str]:
+    """`path` (a local file) opened and locked (an exclusive, non-blocking flock):
+    WorkdirInUse naming the process written in it when another holds the lock; opened again
+    when its holder removed it between our open and our lock."""
     while True:
         f = open(path, "a+")
         try:
@@ -219,18 +219,25 @@ def locked_file(path: pathlib.Path) -> IO[str]:
             raise WorkdirInUse(f"workdir {path.parent} is in use by process {holder}, which "
                                f"holds {path}; wait for it to end, or use another "
                                f"--workdir") from None
-        if path.exists() and os.path.samestat(os.fstat(f.fileno()), path.stat()):
+        if path.exists() and os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
             return f
         f.close()
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
     """Within the block, process 0 holds an advisory lock on `workdir/.lock` (which names it:
-    pid and host), so a second run on the workdir fails at once; the file is removed after."""
+    pid and host), so a second run on the workdir fails at once; the file is removed after.
+    A remote workdir is not locked (a bucket has no file locks), and the run says so."""
     if jax.process_index():
         yield
         return
+    if paths.is_remote(workdir):
+        log.say(f"note: {workdir} is remote, so no lock keeps a second run out of it "
+                f"(a bucket has no file locks): start one run per workdir")
+        yield
+        return
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCK_FILE
     with locked_file(path) as f:
@@ -265,7 +272,7 @@ def config_changes(old: dict, new: dict, shown: int = 5) -> list[str]:
     return changes + ([f"and {len(keys) - shown} more"] if len(keys) > shown else [])
 
 
-def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> None:
+def claim_workdir(config, workdir: str | os.PathLike, overwrite: bool = False) -> None:
     """Marks `workdir` as this config's run (the marker, then config.json); a run of the same
     config is accepted as is, to resume.
 
@@ -273,6 +280,7 @@ def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> Non
     is replaced; one that did is refused unless `overwrite`. Replacing deletes what that run
     wrote (only that, and never a teacher `config` would reuse); anything else in the
     workdir, or a workdir without the marker, is refused even then."""
+    workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / CONFIG_FILE
     resolved = config.to_json(sort_keys=True, indent=2)
@@ -294,7 +302,7 @@ def claim_workdir(config, workdir: pathlib.Path, overwrite: bool = False) -> Non
                               for p in sorted(kept) if p.is_dir()))
             for entry in entries:
                 if entry not in kept:
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    entry.rmtree() if entry.is_dir() else entry.unlink()
     if jax.process_index() == 0:
         if not is_marked(workdir):
             marker = {"project": "cmcd_jax", "version": cmcd_jax.__version__}
@@ -377,7 +385,7 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def progress_table(config, workdir: pathlib.Path, results: dict) -> str:
+def progress_table(config, workdir: epath.Path, results: dict) -> str:
     """results.md of a run still going: the rows of every finished method run (from their
     `row.json`) and the runs still to do, so a failure later loses nothing to read."""
     done, todo = {}, []
@@ -408,8 +416,8 @@ def with_seed(config, seed: int) -> ml_collections.ConfigDict:
     return copy
 
 
-def evaluate_method(method: str, config, workdir: pathlib.Path, dataset: datasets.Dataset,
-                    data: dict, mesh, teacher_dir: pathlib.Path) -> dict:
+def evaluate_method(method: str, config, workdir: epath.Path, dataset: datasets.Dataset,
+                    data: dict, mesh, teacher_dir: epath.Path) -> dict:
     """Trains what `method` needs (skipping finished stages) and returns its metrics row."""
     row = dict.fromkeys(("probe_top1", "retrieval_top1", "seg_miou", "tv_lower",
                          "tv_lower_ci", "mmd", "mmd_p_value"))
@@ -465,8 +473,8 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def run_methods(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-                teacher_dir: pathlib.Path, job: JobProgress) -> dict:
+def run_methods(config, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+                teacher_dir: epath.Path, job: JobProgress) -> dict:
     """{method: metrics row} of one seed. Each row is kept in `row.json` of the method's
     directory, so a resumed run does not evaluate a finished method again (deleting that
     directory redoes the method, its row included)."""
@@ -488,7 +496,7 @@ def run_methods(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
     return rows
 
 
-def method_dir(workdir: pathlib.Path, method: str) -> pathlib.Path:
+def method_dir(workdir: epath.Path, method: str) -> epath.Path:
     """Where `method`'s own stage writes: the student, the target-side encoder or the probe."""
     return workdir / methods.get(method).directory
 
@@ -505,7 +513,7 @@ def rounded(value, digits: int = 6):
     return value
 
 
-def save_json(path: pathlib.Path, value: dict) -> None:
+def save_json(path: epath.Path, value: dict) -> None:
     """Writes `value` as JSON (process 0 only, floats `rounded`), atomically: a crash
     leaves none or all."""
     if jax.process_index() == 0:
@@ -515,7 +523,7 @@ def save_json(path: pathlib.Path, value: dict) -> None:
         partial.replace(path)
 
 
-def read_saved(path: pathlib.Path, required: tuple[str, ...]) -> dict | None:
+def read_saved(path: epath.Path, required: tuple[str, ...]) -> dict | None:
     """The JSON object a run saved in `path`, or None when there is none; a damaged one (not
     JSON, or without the `required` keys) is reported and None returned, so that the caller
     rebuilds it from what the stages saved."""
@@ -551,14 +559,14 @@ def aggregate(per_seed: list[dict]) -> dict:
     return methods
 
 
-def seed_dirs(config, workdir: pathlib.Path) -> dict[int, pathlib.Path]:
+def seed_dirs(config, workdir: epath.Path) -> dict[int, epath.Path]:
     """{seed: where its stages live}: `workdir` itself for a single seed."""
     seeds = [config.seed + k for k in range(config.num_seeds)]
     return {s: workdir if len(seeds) == 1 else workdir / f"seed_{s}" for s in seeds}
 
 
-def run_seeds(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-              teacher_dir: pathlib.Path, job: JobProgress) -> dict:
+def run_seeds(config, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+              teacher_dir: epath.Path, job: JobProgress) -> dict:
     """Every method for every seed; aggregated rows."""
     return aggregate([run_methods(with_seed(config, s), seed_dir, dataset, mesh, teacher_dir,
                                   job)
@@ -572,13 +580,13 @@ def spearman(x: list, y: list) -> float | None:
     return None if math.isnan(rho) else round(rho, 4)
 
 
-def level_dir(workdir: pathlib.Path, level: float | None) -> pathlib.Path:
+def level_dir(workdir: epath.Path, level: float | None) -> epath.Path:
     """Where the gap sweep's `level` lives (None: no sweep, `workdir` itself)."""
     return workdir if level is None else workdir / f"gap_{level:g}"
 
 
-def run_gap_sweep(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-                  teacher_dir: pathlib.Path, levels: list[float],
+def run_gap_sweep(config, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+                  teacher_dir: epath.Path, levels: list[float],
                   job: JobProgress) -> dict:
     """Every method at every corruption level of the target; error against distance."""
     points, by_level = [], {}
@@ -600,13 +608,13 @@ def run_gap_sweep(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh
     return {"methods": by_level[levels[0]], "sweep": points, "spearman": correlations}
 
 
-def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
+def run(config, workdir: str | os.PathLike, overwrite: bool = False) -> dict:
     """Runs every stage the config asks for (skipping completed ones) and writes results.
 
     The whole config is checked, the mesh made and the dataset loaded before the workdir is
     claimed, so a config error leaves nothing behind."""
-    check_local_paths(config, workdir)
-    workdir = pathlib.Path(workdir)
+    check_paths(config, workdir)
+    workdir = epath.Path(workdir)
     check_config(config)
     parallel.initialize_distributed(config.parallel.distributed)
     mesh = parallel.make_mesh(config.parallel.num_devices)
@@ -619,7 +627,7 @@ def run(config, workdir: str | pathlib.Path, overwrite: bool = False) -> dict:
         return run_stages(config, workdir, dataset, mesh)
 
 
-def run_stages(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh) -> dict:
+def run_stages(config, workdir: epath.Path, dataset: datasets.Dataset, mesh) -> dict:
     """`run` in a claimed workdir: the results of a completed run, else every stage."""
     results = read_saved(workdir / "results.json", ("methods", "teacher"))
     if results is not None:
@@ -659,17 +667,18 @@ def run_stages(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh) -
     return results
 
 
-def teacher_metrics(workdir: pathlib.Path, results: dict) -> dict[str, pathlib.Path]:
+def teacher_metrics(workdir: epath.Path, results: dict) -> dict[str, epath.Path]:
     """{"pretrain (shared teacher)": its metrics.jsonl} when this run's teacher was trained
     outside the workdir and its metrics are there; else {}."""
-    stage_dir = pathlib.Path(results["teacher"]["export"]).parent
+    stage_dir = epath.Path(results["teacher"]["export"]).parent
     metrics = stage_dir / "metrics.jsonl"
-    if stage_dir.resolve().is_relative_to(workdir.resolve()) or not metrics.exists():
+    if (paths.resolved(stage_dir).is_relative_to(paths.resolved(workdir))
+            or not metrics.exists()):
         return {}
     return {"pretrain (shared teacher)": metrics}
 
 
-def draw_figures(config, workdir: pathlib.Path, dataset: datasets.Dataset,
+def draw_figures(config, workdir: epath.Path, dataset: datasets.Dataset,
                  results: dict) -> None:
     """Loss curves, sample pairs, the comparison bars and the gap sweep, in workdir/figures."""
     figures = workdir / "figures"

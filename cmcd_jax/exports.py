@@ -12,7 +12,7 @@ against the sha256 the run recorded.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -57,13 +57,17 @@ class Encoder:
         return np.concatenate([np.asarray(o) for o in outs])
 
 
-def load(directory: str | pathlib.Path) -> Encoder:
-    """The export in `directory` (e.g. `<workdir>/distill/cmc/export`) on the default device;
-    a clear error when it is missing or damaged."""
+def load(directory: str | os.PathLike) -> Encoder:
+    """The export in `directory` (e.g. `<workdir>/distill/cmc/export`, or
+    `gs://bucket/run/distill/cmc/export`) on the default device; a clear error when it is
+    missing or damaged."""
     import jax
 
-    from cmcd_jax import parallel
+    from cmcd_jax import parallel, paths
     from cmcd_jax.stages import common
 
+    problem = paths.backend_problem(directory)
+    if problem:
+        raise ValueError(f"{os.fspath(directory)}: {problem}")
     model, variables, meta = common.restore_model(directory, parallel.make_mesh(1))
     return Encoder(jax.jit(lambda v, x: model.apply(v, x, train=False)), variables, meta)

@@ -604,22 +604,3 @@ def test_progress_table_of_a_sweep_names_the_level(tmp_path):
     lines = experiment.progress_table(c, tmp_path, results()).splitlines()
     assert table_row("cmc (seed 0, gap 0.5)", {"probe_top1": "30.0"}) in lines
     assert "still to run: cmc (seed 0, gap 0)." in " ".join(lines)
-
-
-@pytest.mark.parametrize("key, value", [("workdir", "gs://bucket/run"),
-                                        ("data.data_dir", "gs://bucket/tfds"),
-                                        ("data.dir", "s3://bucket/folder"),
-                                        ("distill.teacher_export", "gs://b/pretrain/export")])
-def test_remote_paths_are_refused_naming_the_key_before_any_work(tmp_path, monkeypatch, key,
-                                                                 value):
-    monkeypatch.chdir(tmp_path)
-    config = defaults.default_config()
-    workdir = value if key == "workdir" else str(tmp_path / "run")
-    if key != "workdir":
-        section, leaf = key.split(".")
-        config[section][leaf] = value
-    name = "--workdir" if key == "workdir" else f"config.{key}"
-    with pytest.raises(ValueError, match=re.escape(f"{name}='{value}': remote paths are not "
-                                                   f"supported yet")):
-        experiment.run(config, workdir)
-    assert not any(tmp_path.iterdir())  # Neither the run nor a mangled gs:/ directory.

@@ -11,16 +11,17 @@ pixels, the loss curves' `c` x `r` panels `c * PANEL * DPI`, every other figure
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 
 import matplotlib
 import numpy as np
+from etils import epath
 from matplotlib.figure import Figure
 from scipy import stats
 
-from cmcd_jax import log
+from cmcd_jax import log, paths
 from cmcd_jax.data import render
 from cmcd_jax.models.audio import log_mel_spectrogram
 
@@ -32,10 +33,11 @@ PANEL_COLUMNS = 3
 MASK_CMAP = "tab20"  # mask value k (0 = background) is colour k of the colormap
 
 
-def _save(fig: Figure, path: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(path)
+def _save(fig: Figure, path: str | os.PathLike) -> epath.Path:
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    with path.open("wb") as f:
+        fig.savefig(f, dpi=DPI, format="png")
     return path
 
 
@@ -43,7 +45,7 @@ def _figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
     return Figure(figsize=figsize, dpi=DPI, layout="constrained")
 
 
-def read_losses(metrics_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+def read_losses(metrics_file: epath.Path) -> tuple[np.ndarray, np.ndarray]:
     """(steps, losses) of a metrics.jsonl, sorted by step; a step logged again (after a
     resume) keeps its last value, a line that is not JSON is reported and skipped."""
     losses = {}
@@ -59,7 +61,7 @@ def read_losses(metrics_file: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
     return steps, np.array([losses[s] for s in steps], dtype=np.float64)
 
 
-def stage_and_run(relative: pathlib.Path) -> tuple[str, str]:
+def stage_and_run(relative: epath.Path) -> tuple[str, str]:
     """('distill/cmc', 'gap_0.5/seed_1') of a stage folder relative to the workdir: the
     stage, and the seed / gap level it ran for ('' for a single run)."""
     parts = relative.parts
@@ -67,20 +69,20 @@ def stage_and_run(relative: pathlib.Path) -> tuple[str, str]:
     return "/".join(p for p in parts if p not in runs), "/".join(runs)
 
 
-def loss_curves(workdir: str | pathlib.Path, path: str | pathlib.Path,
-                others: dict[str, pathlib.Path] | None = None) -> pathlib.Path:
+def loss_curves(workdir: str | os.PathLike, path: str | os.PathLike,
+                others: dict[str, epath.Path] | None = None) -> epath.Path:
     """Loss vs step of every stage under `workdir` (each `<stage>/metrics.jsonl`), and of
     `others` (panel title -> a metrics.jsonl elsewhere, such as a shared teacher's): one panel
     per stage (`pretrain`, `distill/cmc`: each loss on its own axis), one line per seed or
     gap level; log scale where positive and spanning a factor of 10 or more. Panels of
     `PANEL` inches, `PANEL_COLUMNS` a row."""
-    workdir = pathlib.Path(workdir)
+    workdir = epath.Path(workdir)
     panels: dict[str, dict[str, tuple]] = {}
     for title, f in (others or {}).items():
         curve = read_losses(f)
         if len(curve[0]):
             panels[title] = {"": curve}
-    for f in sorted(workdir.glob("**/metrics.jsonl")):
+    for f in sorted(p for p in paths.tree(workdir) if p.name == "metrics.jsonl"):
         curve = read_losses(f)
         if len(curve[0]):
             stage, run = stage_and_run(f.parent.relative_to(workdir))
@@ -142,8 +144,8 @@ def _grid(rows: Sequence[str], columns: int) -> tuple[Figure, np.ndarray]:
 
 
 def sample_grid(records: Sequence[Mapping[str, np.ndarray]], modalities: Sequence[str],
-                path: str | pathlib.Path, n: int = 8,
-                class_names: Sequence[str] | None = None) -> pathlib.Path:
+                path: str | os.PathLike, n: int = 8,
+                class_names: Sequence[str] | None = None) -> epath.Path:
     """The first `n` records, one column each, one row per modality; a record's `label`
     (or its name in `class_names`) titles its column."""
     records = list(records)[:n]
@@ -158,7 +160,7 @@ def sample_grid(records: Sequence[Mapping[str, np.ndarray]], modalities: Sequenc
 
 
 def segmentation_grid(inputs: np.ndarray, true_masks: np.ndarray, pred_masks: np.ndarray,
-                      path: str | pathlib.Path) -> pathlib.Path:
+                      path: str | os.PathLike) -> epath.Path:
     """Rows of inputs, true masks and predicted masks (class maps, 0 = background)."""
     rows = {"input": inputs, "true mask": true_masks, "predicted": pred_masks}
     fig, axes = _grid(list(rows), len(inputs))
@@ -181,8 +183,8 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 
 def embedding_projection(source_emb: np.ndarray, target_emb: np.ndarray, labels: np.ndarray,
-                         path: str | pathlib.Path,
-                         names: tuple[str, str] = ("source", "target")) -> pathlib.Path:
+                         path: str | os.PathLike,
+                         names: tuple[str, str] = ("source", "target")) -> epath.Path:
     """Scatter of both modalities' embeddings in their joint 2-D PCA: colour = class
     (tab10, repeating after 10 classes), marker = modality (circles `names[0]`, triangles
     `names[1]`); `labels` are the classes of the (paired) rows of both."""
@@ -205,7 +207,7 @@ def _floats(values: Sequence[float | None]) -> np.ndarray:
 
 
 def comparison_bars(results: Mapping[str, Mapping[str, float | None]],
-                    path: str | pathlib.Path, reference: float | None = None) -> pathlib.Path:
+                    path: str | os.PathLike, reference: float | None = None) -> epath.Path:
     """Per-method mean probe accuracy (`probe_top1`, in %) with `probe_top1_std` error bars
     where present (a missing mean reads n/a); `reference` (e.g. the teacher's source probe)
     as a dashed line."""
@@ -238,7 +240,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
         return float(stats.spearmanr(x, y).statistic)
 
 
-def error_vs_distance(points: Sequence[Mapping], path: str | pathlib.Path) -> pathlib.Path:
+def error_vs_distance(points: Sequence[Mapping], path: str | os.PathLike) -> epath.Path:
     """Target test error vs estimated modality distance, one labelled point per dict
     {"distance", "error", "label"}; the Spearman correlation titles the plot."""
     distance = [float(p["distance"]) for p in points]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
-import pathlib
-import shutil
+import os
 import signal
 import threading
 import time
@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tensorboardX
+from etils import epath
+from tensorboardX import record_writer
 
-from cmcd_jax import checkpoints, log, parallel
+from cmcd_jax import checkpoints, log, parallel, paths
 from cmcd_jax.data import modalities
 from cmcd_jax.models import EncoderWithHead, LinearClassifier, ProjectionHead, make_encoder
 
@@ -122,7 +124,7 @@ def restore_model(directory, mesh) -> tuple[EncoderWithHead, dict, dict]:
     return model, checkpoints.restore_encoder(directory, abstract), meta
 
 
-def with_encoder_of(variables: dict, export_dir: pathlib.Path, mesh) -> dict:
+def with_encoder_of(variables: dict, export_dir: epath.Path, mesh) -> dict:
     """`variables` whose encoder part (params and BatchNorm stats) comes from an export."""
     _, exported, _ = restore_model(export_dir, mesh)
     checkpoints.check_shapes(exported["params"]["encoder"], variables["params"]["encoder"],
@@ -132,16 +134,53 @@ def with_encoder_of(variables: dict, export_dir: pathlib.Path, mesh) -> dict:
 
 
 EVENTS_FLUSH_SECS = 1  # How soon a logged scalar reaches the event file on disk.
+REMOTE_EVENTS_FLUSH_SECS = 10  # ... in a bucket, where each flush rewrites the whole file.
 
 
-def event_writer(logdir: pathlib.Path, first_step: int) -> tensorboardX.SummaryWriter:
-    """A new TensorBoard event file in `logdir` for a run whose first step is `first_step`.
+class RemoteEventFile:
+    """A TensorBoard event file in a bucket, written through epath: an object cannot be
+    appended to, so each flush with new events rewrites it whole."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer, self.flushed = epath.Path(path), io.BytesIO(), -1
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        if self.buffer.tell() != self.flushed:
+            self.path.write_bytes(self.buffer.getvalue())
+            self.flushed = self.buffer.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class RemoteEventFiles:
+    """tensorboardX's writer factory for a remote scheme: event files through epath, like
+    every other file of a run (tensorboardX's own gs:// and s3:// writers need
+    google-cloud-storage or boto3)."""
+
+    def open(self, path: str) -> RemoteEventFile:
+        return RemoteEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def event_writer(logdir: str | os.PathLike, first_step: int) -> tensorboardX.SummaryWriter:
+    """A new TensorBoard event file in `logdir` (local or remote) for a run whose first step
+    is `first_step`.
 
     The file opens with a SessionLog.START at `first_step`: TensorBoard then drops the
     events an earlier, killed run logged from that step on, so a resumed stage shows each
     step once (the rerun's values)."""
-    return tensorboardX.SummaryWriter(str(logdir), purge_step=first_step,
-                                      flush_secs=EVENTS_FLUSH_SECS)
+    remote = paths.scheme(logdir)
+    if remote:
+        record_writer.register_writer_factory(remote, RemoteEventFiles())
+    return tensorboardX.SummaryWriter(
+        os.fspath(logdir), purge_step=first_step,
+        flush_secs=REMOTE_EVENTS_FLUSH_SECS if remote else EVENTS_FLUSH_SECS)
 
 
 class Progress:
@@ -152,9 +191,10 @@ class Progress:
     and closes the event file."""
 
     def __init__(self, name: str, total_steps: int, batch_size: int,
-                 workdir: pathlib.Path, every: int):
+                 workdir: str | os.PathLike, every: int):
         self.name, self.total, self.batch, self.every = name, total_steps, batch_size, every
-        self.workdir, self.metrics_file = workdir, workdir / "metrics.jsonl"
+        self.workdir = epath.Path(workdir)
+        self.metrics_file = self.workdir / "metrics.jsonl"
         self.is_writer = jax.process_index() == 0  # Only process 0 prints and writes.
         if self.is_writer:
             drop_torn_line(self.metrics_file)
@@ -209,8 +249,7 @@ class Progress:
         pace = f"{rate:.0f} ex/s ETA {eta:.0f}s" if rate else "done"
         log.say(f"[{self.name}] step {step}/{self.total} {shown} {pace}")
         scalars = {**metrics, **({"examples_per_sec": rate} if rate else {})}
-        with self.metrics_file.open("a") as f:
-            f.write(json.dumps({"step": step, **scalars}) + "\n")
+        paths.append_text(self.metrics_file, json.dumps({"step": step, **scalars}) + "\n")
         for tag, value in scalars.items():
             self.events.add_scalar(tag, value, step)
 
@@ -224,7 +263,7 @@ def announced(what: str) -> Iterator[None]:
     log.say(f"[eval] {what}: {time.perf_counter() - start:.1f}s")
 
 
-def drop_torn_line(path: pathlib.Path) -> None:
+def drop_torn_line(path: epath.Path) -> None:
     """Cuts from `path` a last line that a killed run left unfinished (no newline)."""
     data = path.read_bytes() if path.exists() else b""
     if data and not data.endswith(b"\n"):
@@ -242,10 +281,10 @@ def per_process_batch(batch_size: int, mesh, key: str) -> int:
     return batch_size // jax.process_count()
 
 
-def fit_and_export(name: str, stage_dir: pathlib.Path, config, mesh, *, spec: dict, head: dict,
+def fit_and_export(name: str, stage_dir: epath.Path, config, mesh, *, spec: dict, head: dict,
                    modality: str, batches: Iterator[dict], example: np.ndarray, stage_cfg,
                    make_step: Callable, extra_args: tuple = (),
-                   init_encoder: pathlib.Path | None = None) -> pathlib.Path:
+                   init_encoder: epath.Path | None = None) -> epath.Path:
     """Trains an encoder-with-head for `stage_cfg.steps` and exports it.
 
     `example` is one unbatched input of `modality`, which fixes the parameter shapes. The
@@ -293,7 +332,7 @@ def with_param_norm(step_fn: Callable) -> Callable:
     return step_and_norm
 
 
-def intact_export(name: str, export_dir: pathlib.Path, mesh) -> bool:
+def intact_export(name: str, export_dir: epath.Path, mesh) -> bool:
     """Whether the stage `name` has its export; a damaged one is reported and removed."""
     if not checkpoints.export_complete(export_dir):
         return False
@@ -303,7 +342,7 @@ def intact_export(name: str, export_dir: pathlib.Path, mesh) -> bool:
     except ValueError as e:
         log.say(f"[{name}] {e}; rebuilding it")
     if jax.process_index() == 0:
-        shutil.rmtree(export_dir)
+        export_dir.rmtree()
     return False
 
 

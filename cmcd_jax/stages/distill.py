@@ -9,13 +9,13 @@ stored running statistics).
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import time
 from collections.abc import Callable
 
 import jax
 import numpy as np
 import optax
+from etils import epath
 
 from cmcd_jax import checkpoints, log, losses, methods, parallel
 from cmcd_jax.data import datasets, modalities, pipeline
@@ -151,8 +151,8 @@ def distill_batches(config, dataset: datasets.Dataset, mesh, table: np.ndarray |
         clip_length=dataset.clip_length)
 
 
-def run(config, method: str, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-        teacher_dir: pathlib.Path) -> pathlib.Path:
+def run(config, method: str, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+        teacher_dir: epath.Path) -> epath.Path:
     """Distils into the target encoder with `method` unless its export exists."""
     cfg, modality = config.distill, config.data.target
     objective = method_objective(method, config, mesh)

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from cmcd_jax import analysis, log
 from cmcd_jax.analysis import plots
@@ -126,7 +126,7 @@ def probe(config, model, variables, data: dict | None, modality: str) -> float |
                             weight_decay=cfg.probe_weight_decay)
 
 
-def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: pathlib.Path,
+def evaluate_encoder(config, name: str, encoder_dir: epath.Path, workdir: epath.Path,
                      dataset: datasets.Dataset, data: dict, mesh) -> dict:
     """`probe_top1` (in `config.downstream.mode`) and `seg_miou` of an exported encoder."""
     model, variables, meta = common.restore_model(encoder_dir, mesh)
@@ -141,7 +141,7 @@ def evaluate_encoder(config, name: str, encoder_dir: pathlib.Path, workdir: path
 
 
 def segmentation_score(config, spec: dict, variables: dict, data: dict,
-                       figure: pathlib.Path | None = None) -> float | None:
+                       figure: epath.Path | None = None) -> float | None:
     """mIoU of a decoder head trained on the encoder's feature maps with the few labelled
     masks (`cmcd_jax.stages.segmentation`); None without masks or spatial inputs. Draws
     true and predicted test masks into `figure`."""
@@ -163,7 +163,7 @@ def segmentation_score(config, spec: dict, variables: dict, data: dict,
     return segmentation.mean_iou(predicted, test["mask"], num_classes)
 
 
-def shared_space_metrics(config, student_dir: pathlib.Path, teacher_dir: pathlib.Path,
+def shared_space_metrics(config, student_dir: epath.Path, teacher_dir: epath.Path,
                          data: dict, mesh) -> dict:
     """Retrieval and modality distance between the teacher's source embeddings and the
     student's target embeddings, in the space the student was trained to match; draws
@@ -228,8 +228,8 @@ def fitted_to_labels(stage_cfg, num_labelled: int, mesh, key: str):
     return ml_collections.ConfigDict({**stage_cfg.to_dict(), "batch_size": fitted})
 
 
-def run_supervised(config, name: str, workdir: pathlib.Path, dataset: datasets.Dataset,
-                   data: dict, mesh, init_encoder: pathlib.Path | None = None) -> tuple:
+def run_supervised(config, name: str, workdir: epath.Path, dataset: datasets.Dataset,
+                   data: dict, mesh, init_encoder: epath.Path | None = None) -> tuple:
     """(test accuracy, export) of the target encoder and a linear head trained on the few
     labels: from scratch (`target_only`, `config.target_only`) or from an export
     (fine-tuning, `config.finetune`), in `workdir/downstream/<name>`; (None, None) without
@@ -272,7 +272,7 @@ def evaluate_random_init(config, dataset: datasets.Dataset, data: dict) -> dict:
             "seg_miou": segmentation_score(config, spec, variables, data)}
 
 
-def evaluate_teacher(config, teacher_dir: pathlib.Path, data: dict, mesh) -> float | None:
+def evaluate_teacher(config, teacher_dir: epath.Path, data: dict, mesh) -> float | None:
     """Reference: the same probe on the teacher's features of the *source* modality."""
     model, variables, _ = common.restore_model(teacher_dir, mesh)
     return probe(config, model, variables, data["source"], config.data.source)

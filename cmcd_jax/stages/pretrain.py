@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from etils import epath
 
 from cmcd_jax import checkpoints, log, losses, parallel
 from cmcd_jax.data import datasets, pipeline
@@ -33,16 +33,16 @@ def make_pretrain_step(model, tx: optax.GradientTransformation, loss_fn):
     return pretrain_step
 
 
-def run(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh,
-        modality: str | None = None, name: str = "pretrain") -> pathlib.Path:
+def run(config, workdir: epath.Path, dataset: datasets.Dataset, mesh,
+        modality: str | None = None, name: str = "pretrain") -> epath.Path:
     """SimCLR on `modality` (default: the source) unless `workdir/name`'s export exists;
     returns the export directory. The `ssl_target` baseline runs it on the target."""
     return train_encoder(config, workdir / name, dataset, mesh, modality or config.data.source,
                          name)
 
 
-def train_encoder(config, stage_dir: pathlib.Path, dataset: datasets.Dataset, mesh,
-                  modality: str, name: str) -> pathlib.Path:
+def train_encoder(config, stage_dir: epath.Path, dataset: datasets.Dataset, mesh,
+                  modality: str, name: str) -> epath.Path:
     """SimCLR on every unlabelled train record of `modality` (`datasets.unlabelled_records`)
     in `stage_dir`, unless its export exists; returns the export directory."""
     cfg = config.pretrain
@@ -100,22 +100,22 @@ def same_teacher(old: dict, config) -> bool:
     return json.dumps(what[0], sort_keys=True) == json.dumps(what[1], sort_keys=True)
 
 
-def teacher_stage_dir(config, workdir: pathlib.Path, dataset: datasets.Dataset) -> pathlib.Path:
+def teacher_stage_dir(config, workdir: epath.Path, dataset: datasets.Dataset) -> epath.Path:
     """Where step 1 trains the teacher: shared, in the TFDS data dir's `cmcd_jax_teachers/<key>`
     (`pretrain.reuse_teacher` on a dataset with a version, such as cmcd_shapes), so every run
     on the same data and step-1 config reuses it; else `workdir/pretrain`."""
     if not (config.pretrain.reuse_teacher and dataset.version):
         return workdir / "pretrain"
     from tensorflow_datasets.core import constants  # TFDS's own default ($TFDS_DATA_DIR)
-    data_dir = pathlib.Path(config.data.data_dir or constants.DATA_DIR)
+    data_dir = epath.Path(config.data.data_dir or constants.DATA_DIR)
     return data_dir / TEACHER_CACHE / teacher_key(config, dataset)
 
 
-def teacher(config, workdir: pathlib.Path, dataset: datasets.Dataset, mesh) -> tuple:
+def teacher(config, workdir: epath.Path, dataset: datasets.Dataset, mesh) -> tuple:
     """(export directory, description) of step 1's teacher: `distill.teacher_export` when
     given, else the shared teacher of this data and step-1 config, trained if missing."""
     if config.distill.teacher_export:
-        export = pathlib.Path(config.distill.teacher_export)
+        export = epath.Path(config.distill.teacher_export)
         return export, {"export": str(export), "trained_by_this_run": False}
     stage_dir = teacher_stage_dir(config, workdir, dataset)
     reused = common.intact_export("pretrain", stage_dir / "export", mesh)

@@ -66,10 +66,11 @@ def resolved(path: str | os.PathLike) -> epath.Path:
 
 
 def tree(root: epath.Path) -> Iterator[epath.Path]:
-    """Everything under the directory `root`, at any depth (epath's `glob` refuses `**`)."""
+    """Everything under the directory `root`, at any depth (epath's `glob` refuses `**`);
+    symbolic links are listed, not followed (a link to a parent would never end)."""
     for entry in root.iterdir():
         yield entry
-        if entry.is_dir():
+        if entry.is_dir() and not os.path.islink(entry):
             yield from tree(entry)
 
 

@@ -99,6 +99,9 @@ def test_paths_keep_a_url_and_name_what_serves_it(tmp_path, bucket):
     assert (bucket / "bucket/run/a/metrics.jsonl").read_text() == "1\n2\n"
     assert sorted(map(str, paths.tree(run))) == ["gs://bucket/run/a",
                                                  "gs://bucket/run/a/metrics.jsonl"]
+    (tmp_path / "local" / "sub").mkdir(parents=True)
+    (tmp_path / "local" / "sub" / "up").symlink_to(tmp_path / "local")
+    assert sorted(p.name for p in paths.tree(epath.Path(tmp_path / "local"))) == ["sub", "up"]
 
 
 @pytest.mark.parametrize("key, value, message", [

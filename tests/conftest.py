@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,11 @@ xla_flags.apply()  # In-process tests run with the flags the entry points use.
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The command-line tests compile the same programs again and again: share XLA's results.
 COMPILATION_CACHE = tempfile.mkdtemp(prefix="cmcd_jax_xla_cache_")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The compilation cache (~1.5 MB a session) goes with the session."""
+    shutil.rmtree(COMPILATION_CACHE, ignore_errors=True)
 
 
 def assert_close(actual, expected, rtol: float = 1e-5) -> None:

@@ -27,9 +27,15 @@ def to_input(modality: str, value: np.ndarray, clip_length: int = 0,
     """Raw record field -> network input: the modality's `to_input` (float32 (H, W, C) for
     images and maps, (T,) for audio; :mod:`cmcd_jax.data.modalities`), then its `window` of
     `clip_length` samples (random with `rng`) where it has one and `clip_length` > 0."""
-    entry = modalities.get(modality)
-    x = entry.to_input(value)
-    return entry.window(x, clip_length, rng) if clip_length and entry.window else x
+    return cut(modality, modalities.get(modality).to_input(value), clip_length, rng)
+
+
+def cut(modality: str, x: np.ndarray, clip_length: int,
+        rng: np.random.Generator | None = None) -> np.ndarray:
+    """Input `x` cut to `clip_length` samples by its modality's `window` (random with
+    `rng`); as it is without a window or with `clip_length` 0."""
+    window = modalities.get(modality).window
+    return window(x, clip_length, rng) if clip_length and window else x
 
 
 def is_spatial(modality: str, x: np.ndarray) -> bool:
@@ -100,12 +106,13 @@ def two_view_batches(source, modality: str, batch_size: int, seed: int, *,
                      shard: tuple[int, int] = (0, 1), clip_length: int = 0) -> Iterator[dict]:
     """SimCLR batches {'view1', 'view2'} of one modality, two independent augmentations
     (each its own clip window)."""
-    def view(record, rng):
-        return augment(rng, _prepare(record, [modality], clip_length, rng), min_scale,
+    def view(x, rng):
+        return augment(rng, {modality: cut(modality, x, clip_length, rng)}, min_scale,
                        jitter)[modality]
 
     def two_views(record, rng):
-        return {"view1": view(record, rng), "view2": view(record, rng)}
+        x = to_input(modality, record[modality])  # Once: each view cuts and augments it.
+        return {"view1": view(x, rng), "view2": view(x, rng)}
     ds = grain.MapDataset.source(source).random_map(two_views, seed=seed)
     return _batched(ds, batch_size, seed, shard)
 
